@@ -1,0 +1,77 @@
+"""Small file helpers that keep the user's data safe: atomic writes and moves."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+
+@contextlib.contextmanager
+def atomic_path(target: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `target`; rename it over `target` only on success.
+
+    The temporary file lives in the same folder so the final rename is atomic on the
+    same file system, and a crash leaves at most a hidden `.tmp` file, never a half file.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write_bytes(target: Path, data: bytes) -> None:
+    with atomic_path(target) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def atomic_write_text(target: Path, text: str) -> None:
+    atomic_write_bytes(target, text.encode("utf-8"))
+
+
+def move_file(src: Path, dst: Path) -> None:
+    """Move a file, across file systems too, without leaving a partial copy at `dst`."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(src, dst)
+    except OSError:
+        # Different device (e.g. a Drive mount): copy to a temp name, then rename, then remove.
+        with atomic_path(dst) as tmp:
+            shutil.copy2(src, tmp)
+        os.unlink(src)
+
+
+def unique_path(path: Path) -> Path:
+    """`path` if free, else `stem (2).ext`, `stem (3).ext`, ... so nothing is overwritten."""
+    if not path.exists():
+        return path
+    n = 2
+    while True:
+        candidate = path.with_name(f"{path.stem} ({n}){path.suffix}")
+        if not candidate.exists():
+            return candidate
+        n += 1
+
+
+# File kinds a dataset folder holds. Trainers read these image formats; a caption has the
+# image's stem; `.npz` files are cached latents that belong to the image of the same stem.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+CAPTION_EXTENSIONS = (".txt", ".caption")
+SIDECAR_EXTENSIONS = CAPTION_EXTENSIONS + (".npz",)
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS

@@ -1,0 +1,440 @@
+"""Long work as jobs: each runs in its own process and reports through files in the project.
+
+A job is a folder ``<config>/_jobs/<id>/`` with
+
+- ``job.json``: what to run (an engine function ``module:function``, its keyword arguments,
+  the project) and the process id;
+- ``events.jsonl``: one JSON object per line: ``start``, ``progress`` updates, and exactly one
+  final ``done``, ``failed`` or ``cancelled`` event (none if the process was killed);
+- ``log.txt``: what the job printed (skipped files, warnings, tracebacks);
+- ``cancel``: present once the user asked it to stop.
+
+Because everything is in files, the page can close and reopen, a second browser or the
+command line can watch the same job, and a crash in the job cannot take the page down.
+The job process is detached from the one that started it (a new session, re-parented to
+init on POSIX), so it also survives the page's process ending.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lora_gradio.engine.errors import Cancelled, UserError
+from lora_gradio.engine.fsutil import atomic_write_text
+from lora_gradio.engine.progress import Progress
+from lora_gradio.engine.project import Layout, Project
+
+RUNNING, DONE, FAILED, CANCELLED, DIED = "running", "done", "failed", "cancelled", "died"
+FINAL_EVENTS = (DONE, FAILED, CANCELLED)
+_PROGRESS_INTERVAL_S = 0.25  # enough for a smooth bar; keeps events.jsonl small on long runs
+
+
+@dataclass
+class Job:
+    id: str
+    kind: str
+    title: str
+    func: str
+    kwargs: dict[str, Any]
+    project: dict[str, str]
+    created: str
+    folder: Path
+    pid: "int | None" = None
+
+    @property
+    def events_file(self) -> Path:
+        return self.folder / "events.jsonl"
+
+    @property
+    def log_file(self) -> Path:
+        return self.folder / "log.txt"
+
+    @property
+    def cancel_file(self) -> Path:
+        return self.folder / "cancel"
+
+    def save(self) -> None:
+        data = {k: v for k, v in self.__dict__.items() if k != "folder"}
+        atomic_write_text(self.folder / "job.json", json.dumps(data, indent=1))
+
+    @classmethod
+    def load(cls, folder: Path) -> "Job":
+        data = json.loads((folder / "job.json").read_text(encoding="utf-8"))
+        return cls(folder=folder, **data)
+
+
+@dataclass
+class JobStatus:
+    """What a watcher needs to draw a job: state, progress and the end of its log."""
+
+    job: Job
+    state: str
+    done: int = 0
+    total: "int | None" = None
+    message: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+    result: Any = None
+    started: "float | None" = None
+    updated: "float | None" = None
+    cancel_requested: bool = False
+
+    @property
+    def fraction(self) -> float:
+        if self.state == DONE:
+            return 1.0
+        return min(1.0, self.done / self.total) if self.total else 0.0
+
+    @property
+    def active(self) -> bool:
+        return self.state == RUNNING
+
+    def headline(self) -> str:
+        """One line for a status bar: 'Convert PNG to JPEG: 40/120 converting a.png'."""
+        count = f"{self.done}/{self.total}" if self.total else (str(self.done) if self.done else "")
+        state = {RUNNING: "cancelling" if self.cancel_requested else "running"}.get(self.state, self.state)
+        parts = [f"{self.job.title} [{state}]", count, self.message]
+        return " ".join(p for p in parts if p)
+
+
+# Starting ---------------------------------------------------------------------------------------
+
+
+def start_job(project: Project, kind: str, func: str, kwargs: "dict[str, Any] | None" = None, title: str = "") -> Job:
+    """Run the engine function `func` ("module:function") as a job on `project`.
+
+    The function is called as ``func(project, **kwargs, progress=...)`` in a new process.
+    Only one job of a kind runs per project at a time.
+    """
+    _resolve(func)  # fail now, in the caller, if the function does not exist
+    running = active_job(project, kind)
+    if running is not None:
+        raise UserError(f"A {kind} job is already running in {project.base!r} (started {running.created}): wait for it or cancel it first.")
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    job_id = f"{stamp}-{kind}-{secrets.token_hex(2)}"
+    folder = project.jobs_dir / job_id
+    folder.mkdir(parents=True)
+    job = Job(
+        id=job_id,
+        kind=kind,
+        title=title or kind,
+        func=func,
+        kwargs=kwargs or {},
+        project={"root": str(project.root), "name": project.name, "layout": project.layout.value},
+        created=_dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S"),
+        folder=folder,
+    )
+    job.save()
+    job.pid = _spawn_detached(folder)
+    job.save()
+    return job
+
+
+def _spawn_detached(folder: Path) -> int:
+    """Start the runner for `folder` so it outlives this process; return its pid."""
+    cmd = [sys.executable, "-m", "lora_gradio.engine.jobs", "run", str(folder)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if os.name == "nt":  # pragma: no cover - exercised on Windows only
+        flags = subprocess.DETACHED_PROCESS | subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
+        with open(folder / "log.txt", "ab") as log:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, creationflags=flags)
+        return proc.pid
+    # POSIX: a short-lived launcher starts the runner in a new session and exits, so the runner
+    # is re-parented to init (no zombie in our process, no SIGHUP when the page's terminal closes).
+    launcher = [sys.executable, "-m", "lora_gradio.engine.jobs", "launch", str(folder)]
+    out = subprocess.run(launcher, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, check=True)
+    return int(out.stdout.strip())
+
+
+def _launch(folder: Path) -> None:
+    cmd = [sys.executable, "-m", "lora_gradio.engine.jobs", "run", str(folder)]
+    with open(folder / "log.txt", "ab") as log:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    print(proc.pid)
+
+
+# Running (inside the job process) ---------------------------------------------------------------
+
+
+class JobProgress(Progress):
+    """Writes progress to ``events.jsonl`` and learns of cancellation from the ``cancel`` file."""
+
+    def __init__(self, job: Job):
+        self.job = job
+        self._last_write = 0.0
+        self._events = open(job.events_file, "a", encoding="utf-8")
+
+    def event(self, kind: str, **fields: Any) -> None:
+        record = {"type": kind, "t": round(time.time(), 3), **fields}
+        self._events.write(json.dumps(record, default=str) + "\n")
+        self._events.flush()
+
+    def update(self, done: int, total: "int | None" = None, message: str = "", **data: Any) -> None:
+        now = time.monotonic()
+        if now - self._last_write < _PROGRESS_INTERVAL_S and (total is None or done < total):
+            return
+        self._last_write = now
+        self.event("progress", done=done, total=total, message=message, **data)
+
+    def log(self, message: str) -> None:
+        stamp = _dt.datetime.now().strftime("%H:%M:%S")
+        print(f"{stamp} {message}", flush=True)
+
+    def cancelled(self) -> bool:
+        return self.job.cancel_file.exists()
+
+    def close(self) -> None:
+        self._events.close()
+
+
+def run_job(folder: Path) -> int:
+    """Body of the job process: call the function and record exactly one final event."""
+    job = Job.load(folder)
+    progress = JobProgress(job)
+    progress.event("start", pid=os.getpid(), title=job.title)
+    progress.log(f"started {job.title} (pid {os.getpid()})")
+    # A polite stop from outside (cancel --force, a shutdown) becomes a normal cancellation.
+    signal.signal(signal.SIGTERM, _raise_cancelled)
+    try:
+        fn = _resolve(job.func)
+        project = Project(Path(job.project["root"]), job.project["name"], Layout(job.project["layout"]))
+        result = fn(project, **job.kwargs, progress=progress)
+        summary = result.summary() if hasattr(result, "summary") else ("" if result is None else str(result))
+        progress.log(summary or "finished")
+        progress.event(DONE, message=summary, result=_jsonable(result))
+        return 0
+    except Cancelled:
+        progress.log("cancelled: work done so far is kept")
+        progress.event(CANCELLED, message="Cancelled: what was finished is kept.")
+        return 0
+    except UserError as exc:
+        progress.log(f"error: {exc}")
+        progress.event(FAILED, message=str(exc))
+        return 1
+    except BaseException as exc:  # a bug or a crash: keep the traceback for the report
+        traceback.print_exc()
+        progress.event(FAILED, message=f"Unexpected error: {type(exc).__name__}: {exc} (the job's log has the details)")
+        return 1
+    finally:
+        progress.close()
+
+
+def _raise_cancelled(signum, frame):
+    raise Cancelled("terminated")
+
+
+def _resolve(func: str):
+    module_name, _, attr = func.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"job function must be 'package.module:function', got {func!r}")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def _jsonable(value: Any) -> Any:
+    import dataclasses
+
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    try:
+        json.dumps(value, default=str)
+        return json.loads(json.dumps(value, default=str))
+    except (TypeError, ValueError):
+        return str(value)
+
+
+# Watching ---------------------------------------------------------------------------------------
+
+
+def list_jobs(project: Project) -> list[Job]:
+    """The project's jobs, newest first."""
+    if not project.jobs_dir.is_dir():
+        return []
+    jobs = []
+    for folder in sorted(project.jobs_dir.iterdir(), reverse=True):
+        try:
+            jobs.append(Job.load(folder))
+        except (OSError, ValueError, TypeError):
+            continue  # a folder being created right now, or foreign
+    return jobs
+
+
+def get_job(project: Project, job_id: str) -> Job:
+    folder = project.jobs_dir / job_id
+    if "/" in job_id or "\\" in job_id or not (folder / "job.json").is_file():
+        raise UserError(f"No job {job_id!r} in project {project.base!r}: list them with `jobs {project.base}`.")
+    return Job.load(folder)
+
+
+def active_job(project: Project, kind: "str | None" = None) -> "Job | None":
+    """The newest running job (of `kind`, if given), or None."""
+    for job in list_jobs(project):
+        if (kind is None or job.kind == kind) and job_status(job).active:
+            return job
+    return None
+
+
+def job_status(job: Job) -> JobStatus:
+    """Read the job's state from its files; O(1) in the length of the run."""
+    status = JobStatus(job=job, state=RUNNING, cancel_requested=job.cancel_file.exists())
+    events = _tail_events(job.events_file)
+    for event in events:
+        if event.get("type") == "start":
+            status.started = event.get("t")
+    progress_events = [e for e in events if e.get("type") == "progress"]
+    if progress_events:
+        last = progress_events[-1]
+        status.done, status.total, status.message = last.get("done", 0), last.get("total"), last.get("message", "")
+        status.data = {k: v for k, v in last.items() if k not in ("type", "t", "done", "total", "message")}
+        status.updated = last.get("t")
+    final = events[-1] if events and events[-1].get("type") in FINAL_EVENTS else None
+    if final is not None:
+        status.state = final["type"]
+        status.message = final.get("message", "")
+        status.result = final.get("result")
+    elif not _pid_alive(job.pid, job.folder):
+        starting = job.pid is None and time.time() - job.folder.stat().st_mtime < 10
+        if not starting:
+            status.state = DIED
+            status.message = "The job stopped without finishing (killed, out of memory, or the machine restarted). Its log may say why."
+    return status
+
+
+def _tail_events(path: Path, max_bytes: int = 64_000) -> list[dict[str, Any]]:
+    """The start event plus the events in the last `max_bytes` of the file."""
+    try:
+        with open(path, "rb") as f:
+            first = f.readline()
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            tail = f.read().splitlines()
+            if size > max_bytes:
+                tail = [first, *tail[1:]]  # the first tail line is probably cut
+    except FileNotFoundError:
+        return []
+    events = []
+    for line in tail:
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            continue  # a line being written
+    return events
+
+
+def read_events(job: Job, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+    """Events after byte `offset`, and the offset to pass next time (for plots that grow)."""
+    try:
+        with open(job.events_file, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+    except FileNotFoundError:
+        return [], offset
+    complete = data[: data.rfind(b"\n") + 1]
+    events = [json.loads(line) for line in complete.splitlines() if line.strip()]
+    return events, offset + len(complete)
+
+
+def read_log(job: Job, max_lines: int = 200) -> str:
+    try:
+        with open(job.log_file, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 32_000))
+            lines = f.read().decode("utf-8", "replace").splitlines()
+    except FileNotFoundError:
+        return ""
+    return "\n".join(lines[-max_lines:])
+
+
+def cancel_job(job: Job, force_after_s: "float | None" = None) -> JobStatus:
+    """Ask the job to stop at its next safe point; with `force_after_s`, terminate it if it has not."""
+    job.cancel_file.touch()
+    if force_after_s is not None:
+        deadline = time.monotonic() + force_after_s
+        while time.monotonic() < deadline and job_status(job).active:
+            time.sleep(0.2)
+        if job_status(job).active and job.pid:
+            _terminate(job.pid)
+    return job_status(job)
+
+
+def wait_job(job: Job, timeout_s: "float | None" = None, poll_s: float = 0.2) -> JobStatus:
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        status = job_status(job)
+        if not status.active or (deadline is not None and time.monotonic() > deadline):
+            return status
+        time.sleep(poll_s)
+
+
+# Processes --------------------------------------------------------------------------------------
+
+
+def _pid_alive(pid: "int | None", folder: Path) -> bool:
+    """True if `pid` is our job runner for `folder` (pids get reused; zombies count as dead)."""
+    if not pid:
+        return False
+    proc = Path(f"/proc/{pid}")
+    if proc.is_dir():
+        try:
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            cmdline = (proc / "cmdline").read_bytes().decode("utf-8", "replace")
+        except (OSError, IndexError):
+            return False
+        return state != "Z" and str(folder) in cmdline
+    if Path("/proc/self").is_dir():
+        return False  # Linux, and no such process
+    try:
+        import psutil  # the WebUI ships it; Windows and macOS use it when present
+
+        return psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except ImportError:
+        pass
+    if os.name == "nt":  # pragma: no cover - Windows without psutil
+        import ctypes
+
+        handle = ctypes.windll.kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+        if not handle:
+            return False
+        code = ctypes.c_ulong()
+        ctypes.windll.kernel32.GetExitCodeProcess(handle, ctypes.byref(code))
+        ctypes.windll.kernel32.CloseHandle(handle)
+        return code.value == 259  # STILL_ACTIVE
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def _terminate(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _main(argv: list[str]) -> int:
+    action, folder = argv[0], Path(argv[1])
+    if action == "launch":
+        _launch(folder)
+        return 0
+    if action == "run":
+        return run_job(folder)
+    raise SystemExit(f"unknown action {action!r}")
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

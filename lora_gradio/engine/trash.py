@@ -1,0 +1,123 @@
+"""The project's trash: nothing the user made is deleted, only moved here, and can be restored.
+
+Each call to `move_to_trash` makes one batch folder ``<config>/_trash/<batch id>/`` holding
+the files under their root-relative paths and a ``manifest.json`` that records where each
+came from. The manifest is written before anything moves and after each step, so a crash
+in the middle leaves every file either in place or recorded in the trash.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from lora_gradio.engine.errors import UserError
+from lora_gradio.engine.fsutil import IMAGE_EXTENSIONS, SIDECAR_EXTENSIONS, atomic_write_text, move_file, unique_path
+from lora_gradio.engine.project import Project
+
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class TrashItem:
+    original: str  # path relative to the projects root
+    stored: str  # path relative to the batch folder
+    restored: bool = False
+
+
+@dataclass
+class TrashBatch:
+    id: str
+    reason: str
+    created: str
+    items: list[TrashItem] = field(default_factory=list)
+    folder: Path = Path()
+
+    @property
+    def pending(self) -> list[TrashItem]:
+        return [item for item in self.items if not item.restored]
+
+
+def _sidecars(image: Path, leaving: set[Path]) -> list[Path]:
+    """Caption and cache files of `image`, unless another image that stays shares its stem."""
+    siblings = [image.with_suffix(ext) for ext in IMAGE_EXTENSIONS if ext != image.suffix.lower()]
+    if any(s.exists() and s not in leaving for s in siblings):
+        return []  # a png and a jpg with one stem share the caption: keep it for the one that stays
+    return [image.with_suffix(ext) for ext in SIDECAR_EXTENSIONS if image.with_suffix(ext).is_file()]
+
+
+def _save(batch: TrashBatch) -> None:
+    data = {"id": batch.id, "reason": batch.reason, "created": batch.created, "items": [item.__dict__ for item in batch.items]}
+    atomic_write_text(batch.folder / MANIFEST, json.dumps(data, indent=1))
+
+
+def move_to_trash(project: Project, paths: Iterable[Path], reason: str, with_sidecars: bool = True) -> TrashBatch:
+    """Move files (and, for images, their captions) into a new trash batch; return it."""
+    files = [Path(p).resolve() for p in paths]
+    for path in files:
+        if project.root not in path.parents:
+            raise UserError(f"Refusing to trash {path}: it is outside the projects root {project.root}.")
+        if not path.is_file():
+            raise UserError(f"Cannot trash {path}: it is not a file (already moved?).")
+    leaving = set(files)
+    if with_sidecars:
+        for path in list(files):
+            if path.suffix.lower() in IMAGE_EXTENSIONS:
+                for extra in _sidecars(path, leaving):
+                    if extra not in leaving:
+                        leaving.add(extra)
+                        files.append(extra)
+    created = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    batch = TrashBatch(id=f"{created}-{secrets.token_hex(3)}", reason=reason, created=_dt.datetime.now().isoformat(timespec="seconds"))
+    batch.folder = project.trash_dir / batch.id
+    batch.items = [TrashItem(original=project.relative(p), stored="files/" + project.relative(p)) for p in files]
+    batch.folder.mkdir(parents=True)
+    _save(batch)
+    for item in batch.items:
+        move_file(project.root / item.original, batch.folder / item.stored)
+    return batch
+
+
+def load_batch(project: Project, batch_id: str) -> TrashBatch:
+    folder = project.trash_dir / batch_id
+    if "/" in batch_id or "\\" in batch_id or batch_id.startswith("."):
+        raise UserError(f"{batch_id!r} is not a trash batch id.")
+    try:
+        data = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"No trash batch {batch_id!r} in project {project.name!r}: list them with `dataset {project.name} trash`.") from None
+    batch = TrashBatch(id=data["id"], reason=data["reason"], created=data["created"], folder=folder)
+    batch.items = [TrashItem(**item) for item in data["items"]]
+    return batch
+
+
+def list_trash(project: Project) -> list[TrashBatch]:
+    """Batches that still hold something, newest first."""
+    if not project.trash_dir.is_dir():
+        return []
+    batches = [load_batch(project, p.name) for p in sorted(project.trash_dir.iterdir(), reverse=True) if (p / MANIFEST).is_file()]
+    return [b for b in batches if b.pending]
+
+
+def restore(project: Project, batch_id: str) -> list[str]:
+    """Put a batch's files back where they were; return the root-relative paths written.
+
+    If a file of the same name has appeared there since, the restored one gets a
+    ``name (2).ext`` name instead of overwriting it.
+    """
+    batch = load_batch(project, batch_id)
+    restored: list[str] = []
+    for item in batch.pending:
+        stored = batch.folder / item.stored
+        if not stored.is_file():
+            continue
+        target = unique_path(project.root / item.original)
+        move_file(stored, target)
+        item.restored = True
+        restored.append(project.relative(target))
+        _save(batch)
+    return restored

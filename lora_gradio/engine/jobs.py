@@ -117,7 +117,7 @@ def start_job(project: Project, kind: str, func: str, kwargs: "dict[str, Any] | 
     The function is called as ``func(project, **kwargs, progress=...)`` in a new process.
     Only one job of a kind runs per project at a time.
     """
-    _resolve(func)  # fail now, in the caller, if the function does not exist
+    resolve_function(func)  # fail now, in the caller, if the function does not exist
     running = active_job(project, kind)
     if running is not None:
         raise UserError(f"A {kind} job is already running in {project.base!r} (started {running.created}): wait for it or cancel it first.")
@@ -207,12 +207,12 @@ def run_job(folder: Path) -> int:
     # A polite stop from outside (cancel --force, a shutdown) becomes a normal cancellation.
     signal.signal(signal.SIGTERM, _raise_cancelled)
     try:
-        fn = _resolve(job.func)
+        fn = resolve_function(job.func)
         project = Project(Path(job.project["root"]), job.project["name"], Layout(job.project["layout"]))
         result = fn(project, **job.kwargs, progress=progress)
         summary = result.summary() if hasattr(result, "summary") else ("" if result is None else str(result))
         progress.log(summary or "finished")
-        progress.event(DONE, message=summary, result=_jsonable(result))
+        progress.event(DONE, message=summary, result=to_jsonable(result))
         return 0
     except Cancelled:
         progress.log("cancelled: work done so far is kept")
@@ -234,14 +234,14 @@ def _raise_cancelled(signum, frame):
     raise Cancelled("terminated")
 
 
-def _resolve(func: str):
+def resolve_function(func: str):
     module_name, _, attr = func.partition(":")
     if not module_name or not attr:
         raise ValueError(f"job function must be 'package.module:function', got {func!r}")
     return getattr(importlib.import_module(module_name), attr)
 
 
-def _jsonable(value: Any) -> Any:
+def to_jsonable(value: Any) -> Any:
     import dataclasses
 
     if dataclasses.is_dataclass(value) and not isinstance(value, type):

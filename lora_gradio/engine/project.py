@@ -265,6 +265,17 @@ class Projects:
             names.extend(f"{base}/{sub}" for sub in _subdirs(project.dataset_root) if not sub.startswith(("_", ".")))
         return names
 
+    def most_recent(self) -> "str | None":
+        """The project touched last (settings saved, a job started, images added), to open first."""
+
+        def touched(name: str) -> float:
+            project = Project(self.root, name, self.layout)
+            paths = (project.settings_file, project.jobs_dir, project.dataset_dir)
+            return max((p.stat().st_mtime for p in paths if p.exists()), default=0.0)
+
+        names = [n for n in self.list() if "/" not in n]
+        return max(names, key=touched) if names else None
+
     def check_root_writable(self) -> None:
         """Raise `UserError` unless the root exists (or can be made) and takes a file."""
         try:

@@ -1,0 +1,269 @@
+"""The command line: every stage of the guide without the page, for notebook cells and scripts.
+
+Bad input exits non-zero with one line that says what is wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+from lora_gradio import __version__
+from lora_gradio.engine.errors import Cancelled, UserError
+
+DESCRIPTION = "Make Stable Diffusion LoRAs following holostrawberry's guide: dataset, training, testing."
+
+
+def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    """--root/--layout are accepted before or after the subcommand."""
+    default: Any = argparse.SUPPRESS if suppress else None
+    parser.add_argument("--root", default=default, help="projects root (default: $LORA_GRADIO_ROOT or ~/Loras)")
+    parser.add_argument(
+        "--layout",
+        default=default if suppress else "project",
+        choices=["project", "category"],
+        help="folder layout of the guide's notebooks: project = ROOT/NAME/dataset, category = ROOT/datasets/NAME (default: project)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lora-gradio", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"lora_gradio {__version__}")
+    _global_options(parser, suppress=False)
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, suppress=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    ui = sub.add_parser("ui", parents=[common], help="start the page (the default command)")
+    ui.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for the local network)")
+    ui.add_argument("--port", type=int, default=None, help="port (default: the first free one from 7860)")
+    ui.add_argument("--share", action="store_true", help="also make a public gradio.live link (use with --auth)")
+    ui.add_argument("--auth", default=None, metavar="USER:PASS", help="require this login on the page")
+    ui.set_defaults(handler=cmd_ui)
+
+    project = sub.add_parser("project", parents=[common], help="create, list and show projects")
+    project_sub = project.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for action, help_text in (("create", "make the project's folders and settings file"), ("show", "print the project's folders")):
+        p = project_sub.add_parser(action, parents=[common], help=help_text)
+        p.add_argument("name", help="project name; NAME/SUB for a dataset subfolder")
+        p.set_defaults(handler=cmd_project)
+    project_sub.add_parser("list", parents=[common], help="list the projects under the root").set_defaults(handler=cmd_project)
+
+    dataset = sub.add_parser("dataset", parents=[common], help="the guide's dataset extras: add (images, zips), count, check, convert, shrink, clean, trash")
+    dataset_sub = dataset.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    def dataset_action(name: str, help_text: str, background: bool = True) -> argparse.ArgumentParser:
+        p = dataset_sub.add_parser(name, parents=[common], help=help_text)
+        p.add_argument("name", help="project name")
+        if background:
+            p.add_argument("--background", action="store_true", help="run as a background job and print its id (watch it with `jobs show`)")
+        p.set_defaults(handler=cmd_dataset)
+        return p
+
+    dataset_action("count", "count images and captions per folder", background=False)
+    dataset_action("check", "decode every image and list the unreadable ones")
+    dataset_action("to-jpeg", "convert PNG images to JPEG (originals to the trash)").add_argument("--quality", type=int, default=95, help="JPEG quality (default 95)")
+    dataset_action("shrink", "halve images over a size (originals to the trash)").add_argument("--max-mb", type=float, default=2.0, help="size limit in MB (default 2)")
+    dataset_action("clean", "move files that are neither images nor captions to the trash")
+    dataset_action("add", "copy images, caption files and zips into the dataset").add_argument("files", nargs="+", help="image, .txt or .zip files")
+    dataset_action("trash", "list the trash batches", background=False)
+    dataset_action("restore", "put a trash batch back", background=False).add_argument("batch", help="batch id from `dataset trash`")
+
+    jobs = sub.add_parser("jobs", parents=[common], help="list, watch and cancel background jobs")
+    jobs_sub = jobs.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = jobs_sub.add_parser("list", parents=[common], help="the project's jobs, newest first")
+    p.add_argument("name")
+    for action, help_text in (("show", "state, progress and log of a job"), ("cancel", "ask a job to stop")):
+        p = jobs_sub.add_parser(action, parents=[common], help=help_text)
+        p.add_argument("name")
+        p.add_argument("job", nargs="?", help="job id (default: the running or newest job)")
+        if action == "show":
+            p.add_argument("--follow", action="store_true", help="keep printing progress until the job ends")
+        else:
+            p.add_argument("--force", action="store_true", help="terminate the job if it has not stopped within 30 s")
+    jobs.set_defaults(handler=cmd_jobs)
+    for p in jobs_sub.choices.values():
+        p.set_defaults(handler=cmd_jobs)
+    return parser
+
+
+# Handlers -----------------------------------------------------------------------------------------
+
+
+def _projects(args: argparse.Namespace):
+    from lora_gradio.engine.project import Projects
+
+    return Projects(args.root, args.layout)
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from lora_gradio.ui.app import launch
+
+    launch(args.root, args.layout, host=args.host, port=args.port, share=args.share, auth=args.auth)
+    return 0
+
+
+def cmd_project(args: argparse.Namespace) -> int:
+    projects = _projects(args)
+    if args.action == "list":
+        names = projects.list()
+        print("\n".join(names) if names else f"No projects under {projects.root} yet: `project create NAME` makes one.")
+        return 0
+    project = projects.create(args.name) if args.action == "create" else projects.open(args.name)
+    if args.action == "create":
+        print(f"Created project {project.name!r}.")
+    for label, path in (("dataset", project.dataset_dir), ("output", project.output_dir), ("settings", project.settings_file), ("logs", project.log_dir)):
+        print(f"  {label:9}{path}")
+    return 0
+
+
+# `dataset` actions that run an engine function: action -> (job kind, function, title, kwargs from args)
+DATASET_JOBS: dict[str, tuple[str, str, str, Callable[[argparse.Namespace], dict[str, Any]]]] = {
+    "check": ("check", "lora_gradio.engine.images:check_images", "Check images", lambda a: {}),
+    "to-jpeg": ("convert", "lora_gradio.engine.images:convert_png_to_jpeg", "Convert PNG to JPEG", lambda a: {"quality": a.quality}),
+    "shrink": ("shrink", "lora_gradio.engine.images:shrink_large_images", "Shrink large images", lambda a: {"max_megabytes": a.max_mb}),
+    "clean": ("clean", "lora_gradio.engine.images:clean_dataset", "Clean the dataset folder", lambda a: {}),
+    "add": ("import", "lora_gradio.engine.uploads:import_uploads", "Add files", lambda a: {"paths": [str(_existing_file(f)) for f in a.files]}),
+}
+
+
+def _existing_file(path: str):
+    from pathlib import Path
+
+    p = Path(path).expanduser().resolve()
+    if not p.is_file():
+        raise UserError(f"{path} is not a file: give the path of an image, caption or .zip to add.")
+    return p
+
+
+def cmd_dataset(args: argparse.Namespace) -> int:
+    project = _projects(args).open(args.name)
+    if args.action == "count":
+        return _print_counts(project)
+    if args.action == "trash":
+        from lora_gradio.engine.trash import list_trash
+
+        batches = list_trash(project)
+        if not batches:
+            print("The trash is empty.")
+        for b in batches:
+            print(f"{b.id}  {len(b.pending):5d} file(s)  {b.reason}")
+        return 0
+    if args.action == "restore":
+        from lora_gradio.engine.trash import restore
+
+        restored = restore(project, args.batch)
+        print(f"Restored {len(restored)} file(s).")
+        return 0
+    kind, func, title, kwargs_of = DATASET_JOBS[args.action]
+    return run_engine_function(project, kind, func, title, kwargs_of(args), background=args.background)
+
+
+def _print_counts(project) -> int:
+    from lora_gradio.engine import images
+
+    counts = images.count_dataset(project)
+    print(f"{'folder':30} {'images':>7} {'captions':>9} {'no caption':>11} {'stray captions':>15} {'other':>6}")
+    for c in counts:
+        print(f"{c.folder:30} {c.images:7d} {c.captions:9d} {c.images_without_caption:11d} {c.captions_without_image:15d} {c.other_files:6d}")
+    for group in images.find_stem_clashes(project):
+        print(f"warning: {' and '.join(p.name for p in group)} share a name and would share one caption file: convert or rename one.", file=sys.stderr)
+    return 0
+
+
+def run_engine_function(project, kind: str, func: str, title: str, kwargs: dict[str, Any], background: bool) -> int:
+    """Run a long engine function here with progress on stderr, or as a detached job."""
+    from lora_gradio.engine import jobs
+
+    if background:
+        job = jobs.start_job(project, kind, func, kwargs, title=title)
+        print(job.id)
+        print(f"Started {title} as job {job.id}: follow it with `jobs show {project.base} {job.id} --follow`.", file=sys.stderr)
+        return 0
+    from lora_gradio.engine.progress import PrintProgress
+
+    fn = jobs.resolve_function(func)
+    result = fn(project, **kwargs, progress=PrintProgress())
+    if hasattr(result, "summary"):
+        print(result.summary())
+    elif result is not None:
+        print(json.dumps(jobs.to_jsonable(result), indent=1))
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from lora_gradio.engine import jobs
+
+    project = _projects(args).open(args.name)
+    if args.action == "list":
+        listed = jobs.list_jobs(project)
+        if not listed:
+            print("No jobs in this project yet.")
+        for job in listed:
+            print(f"{job.id}  {jobs.job_status(job).headline()}")
+        return 0
+    job = jobs.get_job(project, args.job) if args.job else (jobs.active_job(project) or next(iter(jobs.list_jobs(project)), None))
+    if job is None:
+        raise UserError(f"No jobs in project {project.base!r} yet.")
+    if args.action == "cancel":
+        status = jobs.cancel_job(job, force_after_s=30 if args.force else None)
+        print(status.headline() if not status.active else f"Asked {job.title} to stop; it finishes its current item first.")
+        return 0
+    status = jobs.job_status(job)
+    if args.follow:
+        last = ""
+        while True:
+            status = jobs.job_status(job)
+            line = status.headline()
+            if line != last:
+                print(line, flush=True)
+                last = line
+            if not status.active:
+                break
+            time.sleep(1)
+    else:
+        print(status.headline())
+        log = jobs.read_log(job, max_lines=30)
+        if log:
+            print(log)
+    return 0 if status.state in (jobs.RUNNING, jobs.DONE) else 1
+
+
+def _with_default_command(argv: list[str], commands: Sequence[str]) -> list[str]:
+    """`lora-gradio --share` means `lora-gradio ui --share`: the page is the default command."""
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token in ("-h", "--help", "--version") or token in commands:
+            return argv
+        if token in ("--root", "--layout", "--host", "--port", "--auth"):
+            i += 2
+            continue
+        if not token.startswith("-"):
+            return argv  # an unknown command: let argparse say so
+        i += 1
+    return ["ui", *argv]
+
+
+def main(argv: "Sequence[str] | None" = None) -> int:
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    args = parser.parse_args(_with_default_command(list(sys.argv[1:] if argv is None else argv), list(commands)))
+    try:
+        return args.handler(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Cancelled:
+        print("Cancelled: what was finished is kept.", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("\nInterrupted: files already written are complete; nothing is half-written.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Add files a person uploaded (or named on the command line) to a project's dataset.
+
+Zips go through archive.extract_zip; loose images are decoded first so a broken or
+mislabelled file never lands in the dataset; nothing already there is overwritten.
+"""
+
+from __future__ import annotations
+
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lora_gradio.engine.errors import UserError
+from lora_gradio.engine.fsutil import CAPTION_EXTENSIONS, atomic_path, is_image_file, unique_path
+from lora_gradio.engine.progress import Progress
+from lora_gradio.engine.project import Project
+
+
+@dataclass
+class ImportReport:
+    added: list[str] = field(default_factory=list)
+    renamed: list[tuple[str, str]] = field(default_factory=list)  # (uploaded name, name in the dataset)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (uploaded name, reason)
+
+    def summary(self) -> str:
+        parts = [f"Added {len(self.added)} file(s) to the dataset"]
+        if self.renamed:
+            parts.append(f"{len(self.renamed)} renamed because the name was taken")
+        if self.skipped:
+            shown = "; ".join(f"{name}: {why}" for name, why in self.skipped[:3])
+            parts.append(f"skipped {len(self.skipped)} ({shown}{' ...' if len(self.skipped) > 3 else ''})")
+        return ", ".join(parts) + "."
+
+
+def _readable(path: Path) -> "str | None":
+    """None if `path` decodes as an image, else the reason it does not."""
+    from lora_gradio.engine.images import open_image
+
+    try:
+        open_image(path)
+        return None
+    except UserError as exc:
+        return str(exc)
+
+
+def _copy_new(source: Path, target: Path) -> None:
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)
+
+
+def import_uploads(project: Project, paths: list[str], progress: "Progress | None" = None) -> ImportReport:
+    """Copy images and captions into `project.dataset_dir` and unpack zips there."""
+    progress = progress or Progress()
+    files = [Path(p) for p in paths]
+    missing = [str(p) for p in files if not p.is_file()]
+    if missing:
+        raise UserError(f"These uploads are gone (the page was reloaded?): {', '.join(missing[:3])}. Upload them again.")
+    report = ImportReport()
+    target = project.dataset_dir
+    target.mkdir(parents=True, exist_ok=True)
+    zips = [p for p in files if p.suffix.lower() == ".zip"]
+    images = [p for p in files if is_image_file(p)]
+    captions = {p.stem: p for p in files if p.suffix.lower() in CAPTION_EXTENSIONS}
+    for other in files:
+        if other not in zips and other not in images and other.suffix.lower() not in CAPTION_EXTENSIONS:
+            report.skipped.append((other.name, "not an image, caption or .zip"))
+    total = len(files)
+    done = 0
+
+    from lora_gradio.engine.archive import extract_zip
+
+    for archive in zips:
+        progress.check_cancel()
+        result = extract_zip(project, archive, progress=progress)
+        report.added.extend(result.added)
+        report.renamed.extend(result.renamed)
+        report.skipped.extend(result.skipped)
+        done += 1
+        progress.update(done, total, f"unpacked {archive.name}")
+
+    with ThreadPoolExecutor() as pool:
+        problems = dict(zip(images, pool.map(_readable, images)))
+    for image in images:
+        progress.check_cancel()
+        done += 1
+        if problems[image]:
+            report.skipped.append((image.name, problems[image]))
+            progress.log(f"skipped {image.name}: {problems[image]}")
+            continue
+        placed = unique_path(target / image.name)
+        _copy_new(image, placed)
+        report.added.append(project.relative(placed))
+        if placed.name != image.name:
+            report.renamed.append((image.name, placed.name))
+        caption = captions.pop(image.stem, None)
+        if caption is not None:  # the caption follows its image's (possibly new) name
+            caption_target = placed.with_suffix(caption.suffix)
+            _copy_new(caption, unique_path(caption_target))
+            report.added.append(project.relative(caption_target))
+            done += 1
+        progress.update(done, total, f"added {image.name}")
+
+    for caption in captions.values():  # captions for images already in the dataset
+        existing = target / caption.name
+        if existing.exists() and existing.read_bytes() == caption.read_bytes():
+            report.skipped.append((caption.name, "identical caption already there"))
+            continue
+        placed = unique_path(existing)
+        _copy_new(caption, placed)
+        report.added.append(project.relative(placed))
+        if placed != existing:
+            report.renamed.append((caption.name, placed.name))
+        done += 1
+    progress.update(total, total, "done")
+    return report

@@ -1,0 +1,17 @@
+"""The Gradio page: one block per stage of the guide, each calling one engine function.
+
+`build_ui(root)` returns the `gr.Blocks`; the standalone launcher (app.py) and the WebUI tab
+(lora_gradio.webui) both use it.
+"""
+
+from __future__ import annotations
+
+
+def build_ui(root=None, layout="project", title="LoRA Gradio"):
+    """Build the whole page for the projects under `root` (see engine.project.resolve_root)."""
+    from lora_gradio.ui.page import build_page
+
+    return build_page(root, layout, title)
+
+
+__all__ = ["build_ui"]

@@ -75,3 +75,21 @@ SIDECAR_EXTENSIONS = CAPTION_EXTENSIONS + (".npz",)
 
 def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def stem_taken(path: Path) -> bool:
+    """True if an image or sidecar with `path`'s stem exists beside it (any extension we use)."""
+    return any(path.with_suffix(ext).exists() or path.with_suffix(ext.upper()).exists() for ext in IMAGE_EXTENSIONS + SIDECAR_EXTENSIONS)
+
+
+def unique_stem_path(path: Path) -> Path:
+    """Like `unique_path`, but also avoids stems that another image or caption already uses,
+    so a new image never inherits someone else's caption file."""
+    if not stem_taken(path):
+        return path
+    n = 2
+    while True:
+        candidate = path.with_name(f"{path.stem} ({n}){path.suffix}")
+        if not stem_taken(candidate):
+            return candidate
+        n += 1

@@ -27,7 +27,7 @@ from lora_gradio.engine.fsutil import (
 )
 from lora_gradio.engine.progress import Progress
 from lora_gradio.engine.project import Project
-from lora_gradio.engine.trash import move_to_trash
+from lora_gradio.engine.trash import add_to_batch, move_to_trash, new_batch
 
 # The largest image we decode: 150 megapixels (e.g. 12,000 x 12,500) needs ~450 MB as RGB.
 # Anything bigger in a LoRA dataset is almost surely a decompression bomb or a scan gone wrong.
@@ -313,9 +313,9 @@ def _decode_only(path: Path) -> None:
 def convert_png_to_jpeg(project: Project, quality: int = JPEG_QUALITY, progress: Progress | None = None) -> HygieneReport:
     """Re-encode each PNG as a JPEG of the same stem; the PNGs go to one trash batch.
 
-    The JPEG is written atomically before its PNG is trashed, so a crash leaves each image
-    either as it was or converted (at worst with the PNG still beside its JPEG, which a re-run
-    reports as a clash instead of converting again).
+    Each JPEG is written atomically, then its PNG joins the run's trash batch at once, so an
+    interruption leaves every image either as it was or converted (at worst the one PNG being
+    moved stays beside its JPEG, which a re-run reports as a clash instead of converting again).
     """
     progress = progress or Progress()
     report = HygieneReport(action="Converted PNG to JPEG")
@@ -338,19 +338,14 @@ def convert_png_to_jpeg(project: Project, quality: int = JPEG_QUALITY, progress:
             image.save(tmp, format="JPEG", quality=quality)
         return target
 
-    converted: list[Path] = []
-    try:
-        for path, target, error in _parallel(pngs, convert, progress, "Converting PNG to JPEG"):
-            if error is not None:
-                _skip(report, progress, _rel(project, path), _reason(error))
-            else:
-                converted.append(path)
-                report.changed.append(_rel(project, target))
-    finally:
-        # Even when cancelled: every PNG that has its JPEG now must leave the dataset.
-        if converted:
-            batch = move_to_trash(project, converted, reason="converted PNG to JPEG", with_sidecars=False)
+    batch = new_batch(project, "converted PNG to JPEG")
+    for path, target, error in _parallel(pngs, convert, progress, "Converting PNG to JPEG"):
+        if error is not None:
+            _skip(report, progress, _rel(project, path), _reason(error))
+        else:
+            add_to_batch(project, batch, [path], with_sidecars=False)
             report.trash_batch = batch.id
+            report.changed.append(_rel(project, target))
     report.changed.sort()
     return report
 
@@ -362,28 +357,28 @@ def shrink_large_images(project: Project, max_megabytes: float = 2.0, progress: 
     """Halve the size of each image file over `max_megabytes` (MiB) until it fits, keeping its format.
 
     Halving stops before the short side drops below 512 px. The smaller version is written to a
-    hidden temporary file first; then the originals move to one trash batch and the new files
-    take their names (renames on one file system, so the window for a crash is tiny).
+    hidden temporary file first; then the original moves to the run's trash batch and the new
+    file takes its name (two renames on one file system, so the window for a crash is tiny and
+    the original is never lost).
     """
     progress = progress or Progress()
     report = HygieneReport(action="Shrunk large images")
     limit = int(max_megabytes * 1024 * 1024)
     large = [p for p in _dataset_files(project) if is_image_file(p) and p.stat().st_size > limit]
 
-    ready: dict[Path, Path] = {}  # original -> temporary smaller file beside it
-    try:
-        for path, result, error in _parallel(large, lambda p: _shrunk_copy(p, limit), progress, "Shrinking images"):
-            if error is not None:
-                _skip(report, progress, _rel(project, path), _reason(error))
-            elif result is None:
-                _skip(report, progress, _rel(project, path), f"cannot halve without the short side dropping below {MIN_SHORT_SIDE} px")
-            else:
-                tmp, still_large = result
-                ready[path] = tmp
-                if still_large:
-                    progress.log(f"{_rel(project, path)}: still over {max_megabytes} MB at the smallest allowed size")
-    finally:
-        _install_replacements(project, ready, report, reason=f"shrunk: over {max_megabytes} MB")
+    batch = new_batch(project, f"shrunk: over {max_megabytes} MB")
+    for path, result, error in _parallel(large, lambda p: _shrunk_copy(p, limit), progress, "Shrinking images"):
+        if error is not None:
+            _skip(report, progress, _rel(project, path), _reason(error))
+        elif result is None:
+            _skip(report, progress, _rel(project, path), f"cannot halve without the short side dropping below {MIN_SHORT_SIDE} px")
+        else:
+            tmp, still_large = result
+            _replace_original(project, batch, path, tmp)
+            report.trash_batch = batch.id
+            report.changed.append(_rel(project, path))
+            if still_large:
+                progress.log(f"{_rel(project, path)}: still over {max_megabytes} MB at the smallest allowed size")
     report.changed.sort()
     return report
 
@@ -414,20 +409,14 @@ def _shrunk_copy(path: Path, limit: int) -> tuple[Path, bool] | None:
     return (data_file, True) if data_file is not None else None
 
 
-def _install_replacements(project: Project, ready: dict[Path, Path], report: HygieneReport, reason: str) -> None:
-    """Trash the originals (one batch), then rename each smaller temp file into its place."""
-    if not ready:
-        return
+def _replace_original(project: Project, batch, original: Path, replacement: Path) -> None:
+    """Trash `original`, then rename `replacement` into its place."""
     try:
-        batch = move_to_trash(project, list(ready), reason=reason, with_sidecars=False)
+        add_to_batch(project, batch, [original], with_sidecars=False)
     except Exception:
-        for tmp in ready.values():
-            tmp.unlink(missing_ok=True)
+        replacement.unlink(missing_ok=True)
         raise
-    report.trash_batch = batch.id
-    for original, tmp in ready.items():
-        os.replace(tmp, original)
-        report.changed.append(_rel(project, original))
+    os.replace(replacement, original)
 
 
 # Cleaning ----------------------------------------------------------------------------------------

@@ -55,8 +55,20 @@ def _save(batch: TrashBatch) -> None:
     atomic_write_text(batch.folder / MANIFEST, json.dumps(data, indent=1))
 
 
-def move_to_trash(project: Project, paths: Iterable[Path], reason: str, with_sidecars: bool = True) -> TrashBatch:
-    """Move files (and, for images, their captions) into a new trash batch; return it."""
+def new_batch(project: Project, reason: str) -> TrashBatch:
+    """An empty batch; its folder appears with the first file added (see `add_to_batch`)."""
+    now = _dt.datetime.now()
+    batch = TrashBatch(id=f"{now.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}", reason=reason, created=now.isoformat(timespec="seconds"))
+    batch.folder = project.trash_dir / batch.id
+    return batch
+
+
+def add_to_batch(project: Project, batch: TrashBatch, paths: Iterable[Path], with_sidecars: bool = True) -> None:
+    """Move files (and, for images, their captions) into `batch`.
+
+    Work that replaces files one by one (convert, shrink) adds each original as soon as its
+    replacement is written, so an interruption leaves every earlier file properly trashed.
+    """
     files = [Path(p).resolve() for p in paths]
     for path in files:
         if project.root not in path.parents:
@@ -71,14 +83,20 @@ def move_to_trash(project: Project, paths: Iterable[Path], reason: str, with_sid
                     if extra not in leaving:
                         leaving.add(extra)
                         files.append(extra)
-    created = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    batch = TrashBatch(id=f"{created}-{secrets.token_hex(3)}", reason=reason, created=_dt.datetime.now().isoformat(timespec="seconds"))
-    batch.folder = project.trash_dir / batch.id
-    batch.items = [TrashItem(original=project.relative(p), stored="files/" + project.relative(p)) for p in files]
-    batch.folder.mkdir(parents=True)
-    _save(batch)
-    for item in batch.items:
+    if not files:
+        return
+    items = [TrashItem(original=project.relative(p), stored="files/" + project.relative(p)) for p in files]
+    batch.folder.mkdir(parents=True, exist_ok=True)
+    batch.items.extend(items)
+    _save(batch)  # recorded before moving: a crash leaves each file in place or in the trash
+    for item in items:
         move_file(project.root / item.original, batch.folder / item.stored)
+
+
+def move_to_trash(project: Project, paths: Iterable[Path], reason: str, with_sidecars: bool = True) -> TrashBatch:
+    """Move files (and, for images, their captions) into a new trash batch; return it."""
+    batch = new_batch(project, reason)
+    add_to_batch(project, batch, paths, with_sidecars)
     return batch
 
 

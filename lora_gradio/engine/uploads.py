@@ -12,14 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lora_gradio.engine.errors import UserError
-from lora_gradio.engine.fsutil import CAPTION_EXTENSIONS, atomic_path, is_image_file, unique_path
+from lora_gradio.engine.fsutil import CAPTION_EXTENSIONS, atomic_path, is_image_file, unique_path, unique_stem_path
 from lora_gradio.engine.progress import Progress
 from lora_gradio.engine.project import Project
 
 
 @dataclass
 class ImportReport:
-    added: list[str] = field(default_factory=list)
+    added: list[str] = field(default_factory=list)  # paths relative to the dataset folder
     renamed: list[tuple[str, str]] = field(default_factory=list)  # (uploaded name, name in the dataset)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (uploaded name, reason)
 
@@ -44,6 +44,10 @@ def _readable(path: Path) -> "str | None":
         return str(exc)
 
 
+def _rel(project: Project, path: Path) -> str:
+    return path.relative_to(project.dataset_dir).as_posix()
+
+
 def _copy_new(source: Path, target: Path) -> None:
     with atomic_path(target) as tmp:
         shutil.copyfile(source, tmp)
@@ -57,6 +61,10 @@ def import_uploads(project: Project, paths: list[str], progress: "Progress | Non
     if missing:
         raise UserError(f"These uploads are gone (the page was reloaded?): {', '.join(missing[:3])}. Upload them again.")
     report = ImportReport()
+    empty = [p for p in files if p.stat().st_size == 0]
+    for p in empty:
+        report.skipped.append((p.name, "empty file (was the upload still running?): upload it again"))
+    files = [p for p in files if p not in empty]
     target = project.dataset_dir
     target.mkdir(parents=True, exist_ok=True)
     zips = [p for p in files if p.suffix.lower() == ".zip"]
@@ -88,16 +96,16 @@ def import_uploads(project: Project, paths: list[str], progress: "Progress | Non
             report.skipped.append((image.name, problems[image]))
             progress.log(f"skipped {image.name}: {problems[image]}")
             continue
-        placed = unique_path(target / image.name)
+        placed = unique_stem_path(target / image.name)
         _copy_new(image, placed)
-        report.added.append(project.relative(placed))
+        report.added.append(_rel(project, placed))
         if placed.name != image.name:
             report.renamed.append((image.name, placed.name))
         caption = captions.pop(image.stem, None)
         if caption is not None:  # the caption follows its image's (possibly new) name
-            caption_target = placed.with_suffix(caption.suffix)
-            _copy_new(caption, unique_path(caption_target))
-            report.added.append(project.relative(caption_target))
+            caption_target = placed.with_suffix(caption.suffix)  # free: the stem was checked above
+            _copy_new(caption, caption_target)
+            report.added.append(_rel(project, caption_target))
             done += 1
         progress.update(done, total, f"added {image.name}")
 
@@ -108,7 +116,7 @@ def import_uploads(project: Project, paths: list[str], progress: "Progress | Non
             continue
         placed = unique_path(existing)
         _copy_new(caption, placed)
-        report.added.append(project.relative(placed))
+        report.added.append(_rel(project, placed))
         if placed != existing:
             report.renamed.append((caption.name, placed.name))
         done += 1

@@ -48,7 +48,7 @@ def launch(root=None, layout="project", host: str = "127.0.0.1", port: "int | No
     if share and credentials is None:
         print(SHARE_WARNING, file=sys.stderr, flush=True)
     blocks = build_page(projects.root, projects.layout)
-    blocks.queue()
+    compat.enable_queue(blocks)
     return blocks.launch(
         server_name=host,
         server_port=port,

@@ -7,6 +7,7 @@ release (standalone). UI modules call these helpers instead of testing versions 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -32,17 +33,42 @@ def new_blocks(title: str) -> gr.Blocks:
     return gr.Blocks(**kwargs)
 
 
+def enable_queue(blocks: gr.Blocks, workers: int = 8) -> None:
+    """Turn on the queue (polling and progress need it).
+
+    Gradio 3 serves every event from `concurrency_count` shared workers (default 1), and each
+    open page's `every=` loop keeps one busy, so give it several.
+    """
+    if GRADIO_MAJOR < 4:
+        blocks.queue(concurrency_count=workers)
+    else:
+        blocks.queue()
+
+
 def launch_kwargs() -> dict[str, Any]:
     """Arguments `launch()` needs on this version on top of the common ones."""
     return {"css": CSS} if GRADIO_MAJOR >= 6 else {}
 
 
-def poll(blocks: gr.Blocks, fn: Callable, inputs: Sequence[Any], outputs: Sequence[Any], seconds: float) -> None:
-    """Call `fn` every `seconds` while the page is open (a Timer from 4.40, `every=` before)."""
+def poll(blocks: gr.Blocks, fn: Callable[[Any], Any], source: Any, outputs: Sequence[Any], seconds: float) -> None:
+    """Call `fn(current value of source)` every `seconds` while the page is open.
+
+    Gradio 4.40+ has `gr.Timer`; Gradio 3 only has `every=` loops (see below).
+    """
     if hasattr(gr, "Timer"):
-        gr.Timer(seconds).tick(fn, inputs=list(inputs), outputs=list(outputs), **quiet())
-    else:
-        blocks.load(fn, inputs=list(inputs), outputs=list(outputs), every=seconds, **quiet())
+        gr.Timer(seconds).tick(fn, inputs=[source], outputs=list(outputs), **quiet())
+        return
+    # Gradio 3 runs `every=` as one loop that calls fn with the arguments of its first call. A
+    # per-session State holding a dict is passed by reference, so updating the dict in place
+    # lets the loop see the latest value.
+    holder = gr.State({"value": getattr(source, "value", None)})
+
+    def remember(value: Any, box: dict[str, Any]) -> dict[str, Any]:
+        box["value"] = value
+        return box
+
+    source.change(remember, inputs=[source, holder], outputs=[holder], **quiet())
+    blocks.load(lambda box: fn(box["value"]), inputs=[holder], outputs=list(outputs), every=seconds, **quiet())
 
 
 def quiet() -> dict[str, Any]:
@@ -57,20 +83,46 @@ def quiet() -> dict[str, Any]:
     return options
 
 
+def upload_event_options() -> dict[str, Any]:
+    """Options for an event that reads a `gr.File`: receive the raw value (see `uploaded_paths`).
+
+    Gradio 3.41's page can send a file list before it has replaced the local files with the
+    uploaded ones (`{"data": "", "blob": {...}}`); its preprocessing then hands over empty
+    files. The raw value still names the uploaded file, so we read that instead.
+    """
+    return {"preprocess": False}
+
+
+def gradio_upload_dir() -> Path:
+    """Where Gradio stores uploads (the same rule in 3.41 and later)."""
+    return Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio").resolve()
+
+
 def uploaded_paths(value: Any) -> list[str]:
-    """Paths of what a `gr.File` received: temp-file objects in 3.x, strings from 4 on."""
+    """Server paths of the files in a raw `gr.File` value, each checked to be a Gradio upload.
+
+    Raw values: 4+ `{"path": ...}`; 3.41 `{"name": path, "is_file": true}` or, half-way,
+    `{"data": "", "blob": {"name": path, "is_file": true}}`. Only files inside Gradio's upload
+    folder are accepted, so a crafted request cannot make us read other files.
+    """
     if value is None:
         return []
     items = value if isinstance(value, (list, tuple)) else [value]
+    upload_dir = gradio_upload_dir()
     paths = []
     for item in items:
-        if isinstance(item, (str, Path)):
-            paths.append(str(item))
-        elif isinstance(item, dict):
-            paths.append(item.get("path") or item.get("name"))
-        else:
-            paths.append(item.name)
-    return [p for p in paths if p]
+        if isinstance(item, dict):
+            inner = item.get("blob") if isinstance(item.get("blob"), dict) else item
+            path = inner.get("path") or (inner.get("name") if inner.get("is_file") else None)
+        else:  # preprocessed values: a path (4+) or a temp-file object (3.x)
+            path = str(item) if isinstance(item, (str, Path)) else getattr(item, "name", None)
+        if not path:
+            raise ValueError("the page sent a file that had not finished uploading: wait for the upload to finish and press the button again")
+        resolved = Path(path).resolve()
+        if upload_dir not in resolved.parents:
+            raise PermissionError(f"refusing {path}: not a file uploaded through the page")
+        paths.append(str(resolved))
+    return paths
 
 
 def file_access(root: Path) -> dict[str, Any]:

@@ -87,7 +87,10 @@ def build_dataset_tab(blocks: "gr.Blocks", projects: Projects, project_dropdown:
 
     @shown_errors(1)
     def add_uploads(project_name, files):
-        paths = compat.uploaded_paths(files)
+        try:
+            paths = compat.uploaded_paths(files)
+        except (ValueError, PermissionError) as exc:
+            return warn(f"Cannot add these files: {exc}.")
         if not paths:
             return warn("Choose images or a .zip first (drop them on the upload box).")
         return start("import", project_name, paths=paths)
@@ -112,7 +115,7 @@ def build_dataset_tab(blocks: "gr.Blocks", projects: Projects, project_dropdown:
         rows, choices = trash_table(projects, project_name)
         return ok(f"Restored {len(restored)} file(s) from {escape(batch_id)}."), rows, choices
 
-    add.click(add_uploads, inputs=[project_dropdown, uploads], outputs=[add_message])
+    add.click(add_uploads, inputs=[project_dropdown, uploads], outputs=[add_message], **compat.upload_event_options())
     count.click(do_count, inputs=[project_dropdown], outputs=[count_notes, counts])
     check.click(shown_errors(1)(lambda name: start("check", name)), inputs=[project_dropdown], outputs=[action_message])
     to_jpeg.click(shown_errors(1)(lambda name: start("to_jpeg", name)), inputs=[project_dropdown], outputs=[action_message])

@@ -94,5 +94,5 @@ def build_jobs_panel(blocks: "gr.Blocks", projects: Projects, project_dropdown: 
     cancel.click(cancel_current, inputs=[project_dropdown], outputs=[message])
     outputs = [status_html, log_box, cancel]
     project_dropdown.change(refresh, inputs=[project_dropdown], outputs=outputs, **compat.quiet())
-    compat.poll(blocks, refresh, inputs=[project_dropdown], outputs=outputs, seconds=POLL_SECONDS)
+    compat.poll(blocks, refresh, project_dropdown, outputs, seconds=POLL_SECONDS)
     return JobsPanel(status=status_html, log=log_box, message=message)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lora_gradio.engine.project import Projects
-from lora_gradio.ui.common import escape, ok, open_project, shown_errors
+from lora_gradio.ui.common import escape, ok, shown_errors
 from lora_gradio.ui.compat import gr
 
 
@@ -35,7 +35,8 @@ def build_project_bar(blocks: "gr.Blocks", projects: Projects) -> ProjectBar:
         with gr.Column(scale=1, min_width=120):
             create = gr.Button("Create project", variant="primary", elem_id="lg-create-project")
             refresh = gr.Button("Refresh list", elem_id="lg-refresh-projects")
-    message = gr.Markdown(value=_safe_describe(projects, dropdown.value), elem_id="lg-project-message", elem_classes=["lg-message"])
+    info = gr.Markdown(value=_safe_describe(projects, dropdown.value), elem_id="lg-project-info", elem_classes=["lg-message"])
+    message = gr.Markdown(elem_id="lg-project-message", elem_classes=["lg-message"])
 
     @shown_errors(3)
     def create_project(name: str):
@@ -50,17 +51,16 @@ def build_project_bar(blocks: "gr.Blocks", projects: Projects) -> ProjectBar:
     def refresh_list(current: "str | None"):
         names = projects.list()
         value = current if current in names else projects.most_recent()
-        return describe(projects, value), gr.update(choices=names, value=value)
+        return "", gr.update(choices=names, value=value)
 
     @shown_errors(1)
     def selected(name: "str | None"):
-        open_project(projects, name) if name else None
         return describe(projects, name)
 
     create.click(create_project, inputs=[new_name], outputs=[message, dropdown, new_name])
     new_name.submit(create_project, inputs=[new_name], outputs=[message, dropdown, new_name])
     refresh.click(refresh_list, inputs=[dropdown], outputs=[message, dropdown])
-    dropdown.change(selected, inputs=[dropdown], outputs=[message])
+    dropdown.change(selected, inputs=[dropdown], outputs=[info])
     # Another browser (or the command line) may have made projects since the page was built.
     blocks.load(refresh_list, inputs=[dropdown], outputs=[message, dropdown])
     return ProjectBar(dropdown=dropdown, message=message)

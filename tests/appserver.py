@@ -1,0 +1,59 @@
+"""Start the real app in a subprocess for page tests, under a given Python (and so Gradio)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+GRADIO3_PYTHON = Path(os.environ.get("LORA_GRADIO_GRADIO3_PYTHON", REPO / ".venv-gradio3" / "bin" / "python"))
+CHROMIUM = os.environ.get("LORA_GRADIO_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http_ok(url: str, timeout_s: float, proc: "subprocess.Popen | None" = None) -> float:
+    """Seconds until `url` answers 200; raises if the process dies or time runs out."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"app exited with {proc.returncode}:\n{proc.stdout.read() if proc.stdout else ''}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return time.monotonic() - start
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"{url} did not answer within {timeout_s} s")
+
+
+class AppServer:
+    def __init__(self, python: str, root: Path, extra_args: "list[str] | None" = None, env: "dict[str, str] | None" = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.root = root
+        # Each app gets its own Gradio temp folder: versions and runs must not share cached uploads.
+        temp = root.parent / f"gradio-tmp-{self.port}"
+        env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", "GRADIO_TEMP_DIR": str(temp), **(env or {})}
+        cmd = [python, "-m", "lora_gradio", "--root", str(root), "--port", str(self.port), *(extra_args or [])]
+        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.startup_s = wait_http_ok(self.url, 90, self.proc)
+
+    def stop(self) -> str:
+        self.proc.terminate()
+        try:
+            out, _ = self.proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, _ = self.proc.communicate()
+        return out or ""

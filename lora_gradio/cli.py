@@ -168,7 +168,7 @@ def _print_counts(project) -> int:
     counts = images.count_dataset(project)
     print(f"{'folder':30} {'images':>7} {'captions':>9} {'no caption':>11} {'stray captions':>15} {'other':>6}")
     for c in counts:
-        print(f"{c.folder:30} {c.images:7d} {c.captions:9d} {c.images_without_caption:11d} {c.captions_without_image:15d} {c.other_files:6d}")
+        print(f"{c.label(project):30} {c.images:7d} {c.captions:9d} {c.images_without_caption:11d} {c.captions_without_image:15d} {c.other_files:6d}")
     for group in images.find_stem_clashes(project):
         print(f"warning: {' and '.join(p.name for p in group)} share a name and would share one caption file: convert or rename one.", file=sys.stderr)
     return 0

@@ -112,7 +112,12 @@ def test_create_project_upload_count_and_reattach(app, browser, tmp_path):
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / f"page-{app.label}.png"), full_page=True)
         page.click("#lg-cancel-job")
-        wait_job_state(page, ["cancelled"])
+        try:
+            wait_job_state(page, ["cancelled"])
+        except Exception:  # say what the engine and the page each believed
+            print("engine:", jobs.job_status(job).headline(), "| page:", page.locator("#lg-job-panel").first.inner_text())
+            page.screenshot(path=str(ARTIFACTS / f"cancel-failed-{app.label}.png"), full_page=True)
+            raise
     finally:
         jobs.cancel_job(job, force_after_s=10)
     assert jobs.job_status(job).state == jobs.CANCELLED

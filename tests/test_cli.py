@@ -73,7 +73,7 @@ def test_dataset_count_convert_trash_restore(capsys, tmp_path):
     (project.dataset_dir / "b.txt").write_text("tag")
     code, out, err = run(capsys, "--root", str(root), "dataset", "count", "p")
     assert code == 0 and "a.jpg and a.png share a name" in err
-    assert out.splitlines()[1].split()[:3] == [".", "3", "1"]
+    assert out.splitlines()[1].split()[:3] == ["p", "3", "1"]
     code, out, _ = run(capsys, "--root", str(root), "dataset", "to-jpeg", "p")
     assert code == 0 and "Converted PNG to JPEG: 1 file(s)" in out and "skipped 1" in out
     assert (project.dataset_dir / "b.jpg").exists() and not (project.dataset_dir / "b.png").exists()

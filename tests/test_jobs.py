@@ -82,3 +82,10 @@ def test_unknown_function_is_refused_before_anything_starts(project):
 def test_get_job_rejects_paths(project):
     with pytest.raises(UserError, match="No job"):
         jobs.get_job(project, "../../etc")
+
+
+def test_newest_job_is_found_even_within_the_same_second(project):
+    first = jobs.start_job(project, "zzz", "tests.job_samples:count_slowly", {"n": 1, "delay": 0})
+    second = jobs.start_job(project, "aaa", "tests.job_samples:count_slowly", {"n": 1, "delay": 0})
+    assert [j.id for j in jobs.list_jobs(project)] == [second.id, first.id]
+    jobs.wait_job(first, 30), jobs.wait_job(second, 30)

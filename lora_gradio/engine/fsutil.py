@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
 import os
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -93,3 +95,11 @@ def unique_stem_path(path: Path) -> Path:
         if not stem_taken(candidate):
             return candidate
         n += 1
+
+
+def sortable_id(label: str = "") -> str:
+    """`20261125-021955-123-<label>-a1b2`: ids that sort in creation order (to the millisecond)
+    and stay unique when two are made at once."""
+    now = _dt.datetime.now()
+    parts = [now.strftime("%Y%m%d-%H%M%S"), f"{now.microsecond // 1000:03d}", label, secrets.token_hex(2)]
+    return "-".join(p for p in parts if p)

@@ -167,6 +167,10 @@ class FolderCount:
     captions_without_image: int = 0
     other_files: int = 0  # neither image nor sidecar: what `clean_dataset` would trash
 
+    def label(self, project: Project) -> str:
+        """The folder as the picker names it: the project's name, or NAME/SUB for a subfolder."""
+        return project.name if self.folder == "." else f"{project.name}/{self.folder}"
+
     @staticmethod
     def total(counts: Iterable["FolderCount"]) -> "FolderCount":
         out = FolderCount(folder="total")

@@ -21,7 +21,6 @@ import datetime as _dt
 import importlib
 import json
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -32,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from lora_gradio.engine.errors import Cancelled, UserError
-from lora_gradio.engine.fsutil import atomic_write_text
+from lora_gradio.engine.fsutil import atomic_write_text, sortable_id
 from lora_gradio.engine.progress import Progress
 from lora_gradio.engine.project import Layout, Project
 
@@ -121,8 +120,7 @@ def start_job(project: Project, kind: str, func: str, kwargs: "dict[str, Any] | 
     running = active_job(project, kind)
     if running is not None:
         raise UserError(f"A {kind} job is already running in {project.base!r} (started {running.created}): wait for it or cancel it first.")
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    job_id = f"{stamp}-{kind}-{secrets.token_hex(2)}"
+    job_id = sortable_id(kind)
     folder = project.jobs_dir / job_id
     folder.mkdir(parents=True)
     job = Job(

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 from lora_gradio.engine.errors import UserError
-from lora_gradio.engine.fsutil import IMAGE_EXTENSIONS, SIDECAR_EXTENSIONS, atomic_write_text, move_file, unique_path
+from lora_gradio.engine.fsutil import IMAGE_EXTENSIONS, SIDECAR_EXTENSIONS, atomic_write_text, move_file, sortable_id, unique_path
 from lora_gradio.engine.project import Project
 
 MANIFEST = "manifest.json"
@@ -58,7 +57,7 @@ def _save(batch: TrashBatch) -> None:
 def new_batch(project: Project, reason: str) -> TrashBatch:
     """An empty batch; its folder appears with the first file added (see `add_to_batch`)."""
     now = _dt.datetime.now()
-    batch = TrashBatch(id=f"{now.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}", reason=reason, created=now.isoformat(timespec="seconds"))
+    batch = TrashBatch(id=sortable_id(), reason=reason, created=now.isoformat(timespec="seconds"))
     batch.folder = project.trash_dir / batch.id
     return batch
 

@@ -15,7 +15,7 @@ log = logging.getLogger("lora_gradio.ui")
 
 
 def ok(text: str) -> str:
-    return f"✅ {text}"
+    return f"✓ {text}"
 
 
 def warn(text: str) -> str:

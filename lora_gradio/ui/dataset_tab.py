@@ -28,12 +28,12 @@ def count_table(projects: Projects, project_name: "str | None"):
 
     project = open_project(projects, project_name)
     counts = images.count_dataset(project)
-    rows = [[c.folder, c.images, c.captions, c.images_without_caption, c.captions_without_image, c.other_files] for c in counts]
+    rows = [[c.label(project), c.images, c.captions, c.images_without_caption, c.captions_without_image, c.other_files] for c in counts]
     notes = []
     clashes = images.find_stem_clashes(project)
     if clashes:
         shown = "; ".join(" + ".join(p.name for p in group) for group in clashes[:5])
-        notes.append(warn(f"{len(clashes)} image name(s) used twice with different extensions ({escape(shown)}{' ...' if len(clashes) > 5 else ''}): they would share one caption file. Convert PNG to JPEG or rename one of each pair."))
+        notes.append(warn(f"{len(clashes)} image name(s) used twice with different extensions ({escape(shown)}{' ...' if len(clashes) > 5 else ''}): they would share one caption file. Rename or remove one of each pair."))
     total = sum(c.images for c in counts)
     if total == 0:
         notes.append(warn(f"No images yet in `{escape(project.dataset_dir)}`: upload some above, or copy them into that folder."))

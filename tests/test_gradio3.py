@@ -1,0 +1,33 @@
+"""The UI must build under the WebUI's Gradio 3.41.2 (the page itself is driven in test_browser)."""
+
+import os
+import subprocess
+
+import pytest
+
+from tests.appserver import GRADIO3_PYTHON, REPO
+
+pytestmark = pytest.mark.gradio3
+
+
+def test_ui_builds_under_gradio_3_41_2(tmp_path):
+    if not GRADIO3_PYTHON.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{GRADIO3_PYTHON} missing: tests/run.sh makes it")
+        pytest.skip("no Gradio 3.41.2 environment: run tests/run.sh")
+    code = (
+        "import gradio, json\n"
+        "from lora_gradio.ui import build_ui\n"
+        f"blocks = build_ui({str(tmp_path)!r})\n"
+        "ids = [b.elem_id for b in blocks.blocks.values() if getattr(b, 'elem_id', None)]\n"
+        "print(json.dumps({'gradio': gradio.__version__, 'ids': ids}))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([str(GRADIO3_PYTHON), "-c", code], capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr
+    import json
+
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["gradio"] == "3.41.2"
+    for elem_id in ("lg-project", "lg-create-project", "lg-job-panel", "lg-upload", "lg-counts", "lg-tab-train", "lg-tab-test"):
+        assert elem_id in result["ids"]

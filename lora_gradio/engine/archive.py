@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 
 from lora_gradio.engine.errors import Cancelled, UserError
 from lora_gradio.engine.fsutil import CAPTION_EXTENSIONS, IMAGE_EXTENSIONS, SIDECAR_EXTENSIONS
-from lora_gradio.engine.progress import Progress
+from lora_gradio.engine.progress import Progress, first_few
 from lora_gradio.engine.project import Project
 
 MAX_MEMBERS = 100_000
@@ -36,7 +36,9 @@ _DRIVE = re.compile(r"^[A-Za-z]:")
 
 
 @dataclass
-class ExtractReport:
+class AddReport:
+    """What adding files (a zip, uploads) did: used by extract_zip and uploads.import_uploads."""
+
     added: list[str] = field(default_factory=list)  # paths relative to the dataset folder
     renamed: list[tuple[str, str]] = field(default_factory=list)  # (name in the zip, path it got)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (name in the zip, reason)
@@ -44,13 +46,10 @@ class ExtractReport:
     def summary(self) -> str:
         text = f"Added {len(self.added)} file(s) to the dataset"
         if self.renamed:
-            shown = ", ".join(f"{src} -> {dst}" for src, dst in self.renamed[:3])
-            more = f" and {len(self.renamed) - 3} more" if len(self.renamed) > 3 else ""
-            text += f"; renamed {len(self.renamed)} to avoid overwriting existing files ({shown}{more})"
+            shown = first_few([f"{src} -> {dst}" for src, dst in self.renamed], sep=", ")
+            text += f"; renamed {len(self.renamed)} to avoid overwriting existing files ({shown})"
         if self.skipped:
-            shown = "; ".join(f"{name}: {reason}" for name, reason in self.skipped[:3])
-            more = f"; and {len(self.skipped) - 3} more" if len(self.skipped) > 3 else ""
-            text += f"; skipped {len(self.skipped)} ({shown}{more})"
+            text += f"; skipped {len(self.skipped)} ({first_few([f'{name}: {reason}' for name, reason in self.skipped])})"
         return text + "."
 
 
@@ -80,10 +79,10 @@ class _Member:
 
 def extract_zip(
     project: Project, zip_path: Path, progress: Progress | None = None, max_total_bytes: int = MAX_TOTAL_BYTES
-) -> ExtractReport:
+) -> AddReport:
     """Extract the images and captions of `zip_path` into the project's dataset folder."""
     progress = progress or Progress()
-    report = ExtractReport()
+    report = AddReport()
     zip_path = Path(zip_path)
     with _open_zip(zip_path) as archive:
         infos = archive.infolist()
@@ -148,7 +147,7 @@ def _skip_reason(parts: tuple[str, ...]) -> str | None:
     return None
 
 
-def _select_members(infos: list[zipfile.ZipInfo], report: ExtractReport, flatten: bool) -> list[_Member]:
+def _select_members(infos: list[zipfile.ZipInfo], report: AddReport, flatten: bool) -> list[_Member]:
     """The members to extract, with a wrapping top folder stripped and their target subfolder."""
     kept: list[_Member] = []
     for info in infos:
@@ -283,7 +282,7 @@ class _StemRegistry:
         return candidate
 
 
-def _place_all(members: list[_Member], target: Path, report: ExtractReport, progress: Progress) -> None:
+def _place_all(members: list[_Member], target: Path, report: AddReport, progress: Progress) -> None:
     """Move the extracted files into the dataset; on any failure take back what was placed."""
     placed: list[Path] = []
     made_folders: list[Path] = []

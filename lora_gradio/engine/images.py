@@ -25,7 +25,7 @@ from lora_gradio.engine.fsutil import (
     atomic_path,
     is_image_file,
 )
-from lora_gradio.engine.progress import Progress
+from lora_gradio.engine.progress import Progress, first_few
 from lora_gradio.engine.project import Project
 from lora_gradio.engine.trash import add_to_batch, move_to_trash, new_batch
 
@@ -277,9 +277,7 @@ class HygieneReport:
         if self.trash_batch:
             text += f" ({self.trashed} {self.trash_batch})"
         if self.skipped:
-            shown = "; ".join(f"{path}: {reason}" for path, reason in self.skipped[:3])
-            more = f"; and {len(self.skipped) - 3} more" if len(self.skipped) > 3 else ""
-            text += f"; skipped {len(self.skipped)}: {shown}{more}"
+            text += f"; skipped {len(self.skipped)}: {first_few([f'{path}: {reason}' for path, reason in self.skipped])}"
         return text + "."
 
 

@@ -35,6 +35,12 @@ class Progress:
 NullProgress = Progress
 
 
+def first_few(items: list, n: int = 3, sep: str = "; ") -> str:
+    """`a; b; c; and 4 more`: a short list for one-line summaries."""
+    shown = sep.join(str(item) for item in items[:n])
+    return shown + (f"{sep}and {len(items) - n} more" if len(items) > n else "")
+
+
 class PrintProgress(Progress):
     """Progress for the command line: a line per log message, a throttled line per update."""
 

@@ -8,29 +8,13 @@ from __future__ import annotations
 
 import shutil
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from lora_gradio.engine.archive import AddReport, extract_zip
 from lora_gradio.engine.errors import UserError
 from lora_gradio.engine.fsutil import CAPTION_EXTENSIONS, atomic_path, is_image_file, unique_path, unique_stem_path
 from lora_gradio.engine.progress import Progress
 from lora_gradio.engine.project import Project
-
-
-@dataclass
-class ImportReport:
-    added: list[str] = field(default_factory=list)  # paths relative to the dataset folder
-    renamed: list[tuple[str, str]] = field(default_factory=list)  # (uploaded name, name in the dataset)
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (uploaded name, reason)
-
-    def summary(self) -> str:
-        parts = [f"Added {len(self.added)} file(s) to the dataset"]
-        if self.renamed:
-            parts.append(f"{len(self.renamed)} renamed because the name was taken")
-        if self.skipped:
-            shown = "; ".join(f"{name}: {why}" for name, why in self.skipped[:3])
-            parts.append(f"skipped {len(self.skipped)} ({shown}{' ...' if len(self.skipped) > 3 else ''})")
-        return ", ".join(parts) + "."
 
 
 def _readable(path: Path) -> "str | None":
@@ -53,14 +37,14 @@ def _copy_new(source: Path, target: Path) -> None:
         shutil.copyfile(source, tmp)
 
 
-def import_uploads(project: Project, paths: list[str], progress: "Progress | None" = None) -> ImportReport:
+def import_uploads(project: Project, paths: list[str], progress: "Progress | None" = None) -> AddReport:
     """Copy images and captions into `project.dataset_dir` and unpack zips there."""
     progress = progress or Progress()
     files = [Path(p) for p in paths]
     missing = [str(p) for p in files if not p.is_file()]
     if missing:
         raise UserError(f"These uploads are gone (the page was reloaded?): {', '.join(missing[:3])}. Upload them again.")
-    report = ImportReport()
+    report = AddReport()
     empty = [p for p in files if p.stat().st_size == 0]
     for p in empty:
         report.skipped.append((p.name, "empty file (was the upload still running?): upload it again"))
@@ -75,8 +59,6 @@ def import_uploads(project: Project, paths: list[str], progress: "Progress | Non
             report.skipped.append((other.name, "not an image, caption or .zip"))
     total = len(files)
     done = 0
-
-    from lora_gradio.engine.archive import extract_zip
 
     for archive in zips:
         progress.check_cancel()

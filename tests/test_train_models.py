@@ -144,3 +144,28 @@ def test_loading_a_diffusers_folder(tmp_path):
     model = models.load_base_model(models.resolve_source(str(folder), tmp_path))
     assert model.version == "sd_v1" and model.noise_scheduler.config.prediction_type == "epsilon"
     assert model.tokenizer("1girl").input_ids[0] == model.tokenizer.bos_token_id
+
+
+def test_single_file_in_the_original_layout_loads_offline(tmp_path):
+    """A checkpoint as A1111 users have them: one LDM-layout file, converted with shipped-style configs."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from tests.ldm_checkpoint import write_ldm_checkpoint
+    from tests.tiny_sd import build_tiny_sd
+
+    folder = build_tiny_sd(tmp_path / "tiny")
+    single = write_ldm_checkpoint(folder, tmp_path / "tiny_model.safetensors")
+    source = models.resolve_source(str(single), tmp_path)
+    assert models.detect_version(single) == "sd_v1"
+    model = models.load_base_model(source, config_dir=folder)
+    original = UNet2DConditionModel.from_pretrained(folder / "unet").state_dict()
+    loaded = model.unet.state_dict()
+    assert set(original) == set(loaded)
+    assert all(torch.equal(original[k], loaded[k]) for k in original)
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextModel
+
+    for part, loaded_part in ((AutoencoderKL.from_pretrained(folder / "vae"), model.vae), (CLIPTextModel.from_pretrained(folder / "text_encoder"), model.text_encoder)):
+        expected, got = part.state_dict(), loaded_part.state_dict()
+        assert set(expected) == set(got) and all(torch.equal(expected[k], got[k]) for k in expected)

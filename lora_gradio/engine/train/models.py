@@ -305,8 +305,12 @@ def clip_tokenizer(version: str, config_folder: "Path | None" = None):
     raise UserError(f"The CLIP tokenizer ({repo}) is neither cached nor downloadable: connect to the internet once, or set HF_HOME to a cache that has it.")
 
 
-def load_base_model(source: ModelSource, dtype: Any = None, tokenizer: Any = None) -> BaseModel:
-    """Load UNet, VAE, text encoder, tokenizer and the DDPM noise scheduler of `source`."""
+def load_base_model(source: ModelSource, dtype: Any = None, tokenizer: Any = None, config_dir: "Path | None" = None) -> BaseModel:
+    """Load UNet, VAE, text encoder, tokenizer and the DDPM noise scheduler of `source`.
+
+    A single file is converted with the shipped SD1.x/SD2.x configs, or with `config_dir`
+    (a diffusers-layout folder of configs) for an architecture of its own.
+    """
     import torch
     from diffusers import DDPMScheduler, StableDiffusionPipeline
 
@@ -318,10 +322,10 @@ def load_base_model(source: ModelSource, dtype: Any = None, tokenizer: Any = Non
             if path.suffix.lower() != ".safetensors":
                 path = safetensors_from_ckpt(path)
             version = detect_version(path)
-            config = CONFIG_DIR / ("sd15" if version == "sd_v1" else "sd2")
+            config = config_dir or CONFIG_DIR / ("sd15" if version == "sd_v1" else "sd2")
             pipe = StableDiffusionPipeline.from_single_file(
                 str(path), config=str(config), local_files_only=True, torch_dtype=dtype,
-                tokenizer=tokenizer or clip_tokenizer(version), safety_checker=None, feature_extractor=None,
+                tokenizer=tokenizer or clip_tokenizer(version, config_dir), safety_checker=None, feature_extractor=None,
             )
         else:
             local = source.kind == "diffusers"

@@ -72,6 +72,16 @@ def build_parser() -> argparse.ArgumentParser:
     dataset_action("trash", "list the trash batches", background=False)
     dataset_action("restore", "put a trash batch back", background=False).add_argument("batch", help="batch id from `dataset trash`")
 
+    train = sub.add_parser("train", parents=[common], help="train a LoRA with the guide's settings (saved in the project)")
+    train.add_argument("name", nargs="?", help="project name")
+    train.add_argument("--config", metavar="FILE.toml", help="settings file: a [train] section or plain keys (also kohya-style names the tool knows)")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="change one setting, e.g. --set num_repeats=5 (repeatable)")
+    train.add_argument("--resume", action="store_true", help="continue the interrupted run of this project where it stopped")
+    train.add_argument("--dry-run", action="store_true", help="check the settings and the dataset and print the step plan, without training")
+    train.add_argument("--background", action="store_true", help="run as a background job and print its id")
+    train.add_argument("--help-settings", action="store_true", help="list every setting with its default, allowed values and the guide's advice")
+    train.set_defaults(handler=cmd_train)
+
     jobs = sub.add_parser("jobs", parents=[common], help="list, watch and cancel background jobs")
     jobs_sub = jobs.add_subparsers(dest="action", metavar="ACTION", required=True)
     p = jobs_sub.add_parser("list", parents=[common], help="the project's jobs, newest first")
@@ -192,6 +202,26 @@ def run_engine_function(project, kind: str, func: str, title: str, kwargs: dict[
     elif result is not None:
         print(json.dumps(jobs.to_jsonable(result), indent=1))
     return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    if args.help_settings:
+        from lora_gradio.engine.train.config import describe_settings
+
+        print(describe_settings())
+        return 0
+    if not args.name:
+        raise UserError("train needs a project name: lora-gradio train NAME (see --help).")
+    project = _projects(args).open(args.name)
+    from lora_gradio.engine.train.loop import prepare_settings
+
+    # Check everything cheap before a job starts or a model loads.
+    settings = prepare_settings(project, config_file=args.config, overrides=args.overrides, resume=args.resume)
+    kwargs = {"resume": args.resume, "dry_run": args.dry_run}
+    if args.dry_run:
+        return run_engine_function(project, "train", "lora_gradio.engine.train.loop:train_project", "Dry run", kwargs, background=False)
+    del settings
+    return run_engine_function(project, "train", "lora_gradio.engine.train.loop:train_project", "Train LoRA", kwargs, background=args.background)
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:

@@ -1,0 +1,433 @@
+"""The training run: settings and dataset in, `NAME-01.safetensors ...` out.
+
+`train_project(project, progress=...)` is what the `train` command and the page run (as a job).
+It checks everything cheap first (settings, dataset, step plan), then loads the base model,
+caches latents, trains with Accelerate (one GPU, several with `accelerate launch`, or the CPU),
+saves every N epochs with kohya's metadata, and keeps a resumable training state.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lora_gradio.engine.errors import Cancelled, UserError
+from lora_gradio.engine.progress import Progress
+from lora_gradio.engine.project import Project
+from lora_gradio.engine.train import config as cfg
+from lora_gradio.engine.train.steps import FolderPlan, StepPlan, check_step_limit, plan_steps
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+STATE_FOLDER = "_train_state"
+
+
+@dataclass
+class TrainResult:
+    output_name: str
+    files: list[str] = field(default_factory=list)
+    epochs_done: int = 0
+    total_epochs: int = 0
+    steps: int = 0
+    dry_run: bool = False
+    plan: str = ""
+    samples: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        if self.dry_run:
+            return f"Dry run: the settings and dataset are fine. {self.plan}"
+        return f"Trained {self.output_name}: {self.epochs_done}/{self.total_epochs} epochs, {self.steps} steps; saved {', '.join(Path(f).name for f in self.files[-3:]) or 'nothing'}."
+
+
+# Settings ----------------------------------------------------------------------------------------
+
+
+def prepare_settings(project: Project, config_file: "str | None" = None, overrides: "list[str] | None" = None, resume: bool = False) -> cfg.TrainSettings:
+    """The project's settings, overlaid with a settings file and `--set`s, validated and saved.
+
+    Resuming uses the settings of the interrupted run, so a changed file cannot break it.
+    """
+    if resume:
+        state = read_state_info(project)
+        if state is None:
+            raise UserError(f"Nothing to resume in {project.base!r}: no interrupted run was found. Start a new run without --resume.")
+        if config_file or overrides:
+            raise UserError("--resume continues with the settings the run started with: leave out --config and --set.")
+        return cfg.validate_settings(state["settings"], where="In the saved training state: ")
+    settings = cfg.load_settings(project)
+    if config_file:
+        settings = _merge_file(settings, Path(config_file))
+    if overrides:
+        settings = cfg.apply_overrides(settings, overrides)
+    if config_file or overrides:
+        cfg.save_settings(project, settings)
+    return settings
+
+
+def _merge_file(settings: cfg.TrainSettings, path: Path) -> cfg.TrainSettings:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"Settings file {path} does not exist.") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path} is not valid TOML ({exc}): fix it.") from None
+    section = data.get(cfg.SECTION, data)
+    merged = {**cfg.settings_to_toml(settings), **section}
+    return cfg.validate_settings(merged, where=f"In {path}: ")
+
+
+# Dataset and plan --------------------------------------------------------------------------------
+
+
+def dataset_folders(project: Project, settings: cfg.TrainSettings) -> list:
+    """The folders to train on: `custom_dataset` if set, else the dataset folder (its subfolders too)."""
+    from lora_gradio.engine.images import dataset_folders as image_folders
+    from lora_gradio.engine.train.data import DatasetFolder
+
+    if settings.custom_dataset:
+        folders = []
+        for entry in settings.custom_dataset:
+            path = project.dataset_root / entry.folder
+            if not path.is_dir():
+                raise UserError(f"custom_dataset folder {entry.folder!r} does not exist in {project.dataset_root}: create it or fix the name.")
+            folders.append(DatasetFolder(
+                path=path,
+                num_repeats=entry.num_repeats or settings.num_repeats,
+                is_reg=entry.is_reg,
+                keep_tokens=settings.activation_tags if entry.keep_tokens is None else entry.keep_tokens,
+                flip_aug=settings.flip_aug if entry.flip_aug is None else entry.flip_aug,
+            ))
+        return folders
+    found = [p for p in image_folders(project) if any(_is_image(f) for f in p.iterdir())]
+    if not found:
+        raise UserError(f"No images in {project.dataset_dir}: add images on the Dataset tab (or copy them there) before training.")
+    return [DatasetFolder(path=p, num_repeats=settings.num_repeats, keep_tokens=settings.activation_tags, flip_aug=settings.flip_aug) for p in found]
+
+
+def _is_image(path: Path) -> bool:
+    from lora_gradio.engine.fsutil import is_image_file
+
+    return path.is_file() and is_image_file(path)
+
+
+def step_plan(dataset: Any, settings: cfg.TrainSettings) -> StepPlan:
+    """The guide's arithmetic over the real buckets, as kohya counts it."""
+    folders = [FolderPlan(folder.name, dataset.image_counts.get(folder, 0), folder.num_repeats, folder.is_reg) for folder in dataset.folders]
+    buckets: list[dict] = [{} for _ in dataset.folders]
+    position = {id(folder): index for index, folder in enumerate(dataset.folders)}
+    for item in dataset.items:
+        per_folder = buckets[position[id(item.folder)]]
+        per_folder[item.bucket] = per_folder.get(item.bucket, 0) + 1
+    return plan_steps(folders, settings.train_batch_size, settings.preferred_unit, settings.how_many, bucket_counts=buckets)
+
+
+# State for resuming ------------------------------------------------------------------------------
+
+
+def state_dir(project: Project) -> Path:
+    return project.config_dir / STATE_FOLDER
+
+
+def read_state_info(project: Project) -> "dict | None":
+    try:
+        return json.loads((state_dir(project) / "state.json").read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _save_state(project: Project, settings: cfg.TrainSettings, network: Any, optimizer: Any, scheduler: Any, epoch: int, batch_index: int, global_step: int, started_at: float) -> None:
+    """Everything needed to continue: written beside, then renamed, so a crash keeps the old state."""
+    import torch
+
+    from lora_gradio.engine.fsutil import atomic_path, atomic_write_text
+
+    folder = state_dir(project)
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / "state.pt") as tmp:
+        torch.save({"network": network.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state()}, tmp)
+    info = {"settings": cfg.settings_to_toml(settings), "epoch": epoch, "batch_index": batch_index, "global_step": global_step, "started_at": started_at, "saved_at": time.time()}
+    atomic_write_text(folder / "state.json", json.dumps(info, indent=1))
+
+
+def _clear_state(project: Project) -> None:
+    for name in ("state.pt", "state.json"):
+        (state_dir(project) / name).unlink(missing_ok=True)
+
+
+# The run -----------------------------------------------------------------------------------------
+
+
+def train_project(project: Project, resume: bool = False, dry_run: bool = False, progress: "Progress | None" = None, config_file: "str | None" = None, overrides: "list[str] | None" = None) -> TrainResult:
+    progress = progress or Progress()
+    settings = prepare_settings(project, config_file, overrides, resume)
+    from lora_gradio.engine.train.data import collect_items
+
+    output_name = cfg.resolved_output_name(settings, project)
+    dataset = collect_items(
+        dataset_folders(project, settings), settings.caption_extension, settings.resolution,
+        settings.min_bucket_reso, settings.max_bucket_reso, settings.bucket_reso_steps, progress=progress,
+    )
+    for path, reason in dataset.problems:
+        progress.log(f"skipped {path.name}: {reason}")
+    for warning in dataset.warnings:
+        progress.log(f"warning: {warning}")
+    plan = step_plan(dataset, settings)
+    progress.log(plan.explain())
+    check_step_limit(plan, force=settings.force_steps)
+    if dry_run:
+        return TrainResult(output_name, total_epochs=plan.epochs, steps=plan.total_steps, dry_run=True, plan=plan.explain().splitlines()[-1])
+    return _run(project, settings, dataset, plan, output_name, resume, progress)
+
+
+def _mixed_precision(settings: cfg.TrainSettings, on_cuda: bool) -> str:
+    if not on_cuda:
+        return "no"  # fp32 on the CPU: half precision there is slow and inexact
+    if settings.mixed_precision != "auto":
+        return settings.mixed_precision
+    import torch
+
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def _run(project: Project, settings: cfg.TrainSettings, dataset: Any, plan: StepPlan, output_name: str, resume: bool, progress: Progress) -> TrainResult:
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    from lora_gradio.engine.train import data as data_mod
+    from lora_gradio.engine.train.models import load_base_model, resolve_source
+    from lora_gradio.engine.train.network import create_network
+    from lora_gradio.engine.train.optim import build_optimizer, build_scheduler
+    from lora_gradio.engine.train.saving import epoch_file_name, full_file_sha256, legacy_sd_model_hash, prune_epochs, save_lora
+
+    on_cuda = torch.cuda.is_available()
+    precision = _mixed_precision(settings, on_cuda)
+    accelerator = Accelerator(mixed_precision=precision, cpu=not on_cuda)
+    device = accelerator.device
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
+    set_seed(settings.seed)
+    started_at = time.time()
+
+    progress.update(0, plan.total_steps, "loading the base model")
+    source = resolve_source(settings.training_model, project.root / "_models", progress)
+    model = load_base_model(source)
+    for part in (model.unet, model.vae, model.text_encoder):
+        part.requires_grad_(False)
+        part.eval()
+
+    # Latents once, then the VAE leaves the GPU.
+    model.vae.to(device, dtype=torch.float32)
+    cache_dir = project.config_dir / "_cache" / "latents" if settings.cache_latents_to_disk else None
+    cache = data_mod.LatentCache(model.vae, device=device, dtype=torch.float32, cache_dir=cache_dir, seed=settings.seed)
+    with accelerator.main_process_first():
+        for path, reason in cache.cache(dataset, progress=progress):
+            progress.log(f"skipped {path.name}: {reason}")
+    model.vae.to("cpu")
+    plan = step_plan(dataset, settings)  # unreadable images found while caching were dropped
+    steps_per_epoch = data_mod.steps_per_epoch(dataset, settings.train_batch_size)
+    total_steps = steps_per_epoch * plan.epochs
+
+    train_te = settings.text_encoder_lr > 0
+    network = create_network(model.unet, model.text_encoder, settings.lora_type, settings.network_dim, settings.network_alpha, settings.conv_dim, settings.conv_alpha, train_text_encoder=train_te)
+    if settings.continue_from_lora:
+        from safetensors.torch import load_file
+
+        from lora_gradio.engine.train.saving import read_lora_metadata
+
+        lora_path = Path(settings.continue_from_lora).expanduser()
+        if not lora_path.is_file():
+            raise UserError(f"continue_from_lora: {lora_path} does not exist.")
+        network.load_kohya_state_dict(load_file(str(lora_path)), read_lora_metadata(lora_path))
+        progress.log(f"continuing from {lora_path.name}")
+    network.apply_to()
+    model.unet.to(device, dtype=weight_dtype)
+    model.text_encoder.to(device, dtype=weight_dtype)
+    network.to(device, dtype=torch.float32)
+    if settings.gradient_checkpointing:
+        model.unet.enable_gradient_checkpointing()
+        model.unet.train()
+        if train_te:
+            model.text_encoder.gradient_checkpointing_enable()
+            model.text_encoder.train()
+
+    optimizer, optimizer_name = build_optimizer(settings.optimizer, network.param_groups(settings.unet_lr, settings.text_encoder_lr if train_te else None), settings.optimizer_args, on_cuda, progress)
+    lr_scheduler = build_scheduler(settings.lr_scheduler, optimizer, total_steps, settings.lr_warmup_ratio, settings.lr_scheduler_number)
+    network, optimizer, lr_scheduler = accelerator.prepare(network, optimizer, lr_scheduler)
+    raw_network = accelerator.unwrap_model(network)
+
+    first_epoch, skip_batches, global_step = 0, 0, 0
+    if resume:
+        info = read_state_info(project)
+        saved = torch.load(state_dir(project) / "state.pt", map_location="cpu", weights_only=False)
+        raw_network.load_state_dict(saved["network"])
+        optimizer.load_state_dict(saved["optimizer"])
+        lr_scheduler.load_state_dict(saved["scheduler"])
+        torch.set_rng_state(saved["torch_rng"])
+        first_epoch, skip_batches, global_step = info["epoch"], info["batch_index"], info["global_step"]
+        started_at = info.get("started_at", started_at)
+        progress.log(f"resuming at epoch {first_epoch + 1}, step {global_step}")
+
+    gamma = cfg.resolved_min_snr_gamma(settings)
+    scheduler_cfg = model.noise_scheduler
+    alphas_cumprod = scheduler_cfg.alphas_cumprod.to(device)
+    metadata_base = _metadata_fields(settings, project, dataset, source, model, raw_network, optimizer_name, steps_per_epoch, plan.epochs, total_steps, started_at, gamma, precision)
+    result = TrainResult(output_name, total_epochs=plan.epochs)
+    rng = random.Random(settings.seed)
+    window: list[float] = []
+    tick = time.monotonic()
+    progress.log(f"training {plan.epochs} epochs x {steps_per_epoch} steps on {device} ({precision}); {raw_network.describe()}")
+
+    for epoch in range(first_epoch, plan.epochs):
+        batches = data_mod.epoch_batches(dataset, settings.train_batch_size, epoch, settings.seed)
+        rng.seed(settings.seed * 100003 + epoch)
+        network.train()
+        for index, batch in enumerate(batches):
+            if epoch == first_epoch and index < skip_batches:
+                continue
+            try:
+                progress.check_cancel()
+            except Cancelled:
+                _save_state(project, settings, raw_network, optimizer, lr_scheduler, epoch, index, global_step, started_at)
+                progress.log(f"stopped at epoch {epoch + 1}, step {global_step}: `train {project.base} --resume` continues from here")
+                raise
+            loss = _step(accelerator, model, network, batch, cache, rng, settings, gamma, alphas_cumprod, device, weight_dtype, train_te)
+            if not math.isfinite(loss):
+                raise UserError(
+                    f"The loss became {loss} at step {global_step + 1}: the run diverged. Lower unet_lr (e.g. 1e-4) and text_encoder_lr, "
+                    "use mixed_precision=bf16 if the GPU has it, or set noise_offset to 0. Epochs saved so far are kept."
+                )
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            global_step += 1
+            window = (window + [loss])[-50:]
+            now = time.monotonic()
+            progress.update(
+                global_step, total_steps, f"epoch {epoch + 1}/{plan.epochs}",
+                epoch=epoch + 1, loss=round(sum(window) / len(window), 5), lr=lr_scheduler.get_last_lr()[0],
+                it_per_s=round(1 / max(now - tick, 1e-9), 3),
+            )
+            tick = now
+        epoch_done = epoch + 1
+        if _should_save(epoch_done, plan.epochs, settings.save_every_n_epochs):
+            name = epoch_file_name(output_name, epoch_done, plan.epochs)
+            target = project.output_dir / name
+            meta = dict(metadata_base, epoch=epoch_done, steps=global_step, training_finished_at=time.time())
+            from lora_gradio.engine.train.saving import build_metadata
+
+            save_lora(target, raw_network.kohya_state_dict(_save_dtype(settings.save_precision)), build_metadata(**meta))
+            result.files.append(str(target))
+            progress.log(f"saved {name}")
+            pruned = prune_epochs(project.output_dir, output_name, settings.keep_only_last_n_epochs, trash=_trash_old_epochs(project))
+            for old in pruned:
+                progress.log(f"moved {old.name} to the project's trash (keep_only_last_n_epochs = {settings.keep_only_last_n_epochs})")
+        if settings.sample_every_n_epochs and settings.sample_prompts and (epoch_done % settings.sample_every_n_epochs == 0 or epoch_done == plan.epochs):
+            result.samples += [str(p) for p in _samples(model, raw_network, settings, project, output_name, epoch_done, plan.epochs, device)]
+        _save_state(project, settings, raw_network, optimizer, lr_scheduler, epoch_done, 0, global_step, started_at)
+        result.epochs_done = epoch_done
+    result.steps = global_step
+    _clear_state(project)
+    return result
+
+
+def _step(accelerator, model, network, batch, cache, rng, settings, gamma, alphas_cumprod, device, weight_dtype, train_te) -> float:
+    import contextlib
+
+    import torch
+    import torch.nn.functional as F
+
+    from lora_gradio.engine.train.data import encode_prompts, process_caption
+
+    latents = cache.batch(batch).to(device, dtype=weight_dtype)
+    captions = [process_caption(item.caption_text, item.keep_tokens, settings.shuffle_tags, rng) for item, _ in batch]
+    with accelerator.autocast():
+        with contextlib.nullcontext() if train_te else torch.no_grad():
+            hidden = encode_prompts(model.tokenizer, model.text_encoder, captions, settings.max_token_length, settings.clip_skip, device=device)
+        noise = torch.randn_like(latents)
+        if settings.noise_offset:
+            noise = noise + settings.noise_offset * torch.randn(latents.shape[0], latents.shape[1], 1, 1, device=device, dtype=latents.dtype)
+        timesteps = torch.randint(0, model.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=device).long()
+        noisy = model.noise_scheduler.add_noise(latents, noise, timesteps)
+        prediction = model.unet(noisy, timesteps, hidden.to(weight_dtype)).sample
+    target = model.noise_scheduler.get_velocity(latents, noise, timesteps) if model.v_parameterization else noise
+    loss = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=[1, 2, 3])
+    weights = torch.tensor([settings.prior_loss_weight if item.is_reg else 1.0 for item, _ in batch], device=device)
+    loss = loss * weights
+    if gamma:
+        snr = alphas_cumprod[timesteps] / (1 - alphas_cumprod[timesteps])
+        clipped = torch.clamp(snr, max=gamma)
+        loss = loss * (clipped / (snr + 1) if model.v_parameterization else clipped / snr)
+    loss = loss.mean()
+    accelerator.backward(loss)
+    if accelerator.sync_gradients:
+        accelerator.clip_grad_norm_([p for p in network.parameters() if p.requires_grad], 1.0)
+    return float(loss.detach())
+
+
+def _should_save(epoch: int, total: int, every: int) -> bool:
+    return epoch == total or (every > 0 and epoch % every == 0)
+
+
+def _save_dtype(precision: str):
+    import torch
+
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
+
+
+def _trash_old_epochs(project: Project):
+    from lora_gradio.engine.trash import move_to_trash
+
+    return lambda paths: move_to_trash(project, paths, "older epochs (keep_only_last_n_epochs)", with_sidecars=False)
+
+
+def _samples(model, network, settings, project, output_name, epoch, total_epochs, device) -> list[Path]:
+    import torch
+
+    from lora_gradio.engine.train.sampling import sample_images
+    from lora_gradio.engine.train.saving import epoch_file_name
+
+    stem = epoch_file_name(output_name, epoch, total_epochs).rsplit(".", 1)[0]
+    model.vae.to(device)
+    try:
+        with torch.no_grad():
+            return sample_images(model, settings.sample_prompts, project.output_dir / "sample", stem, settings.resolution, settings.seed, device, settings.clip_skip)
+    finally:
+        model.vae.to("cpu")
+
+
+def _metadata_fields(settings, project, dataset, source, model, network, optimizer_name, steps_per_epoch, epochs, total_steps, started_at, gamma, precision) -> dict:
+    """kohya's ss_* fields for this run (the per-epoch ones are added when saving)."""
+    model_hash = new_hash = None
+    if source.kind == "file":
+        from lora_gradio.engine.train.saving import full_file_sha256, legacy_sd_model_hash
+
+        model_hash, new_hash = legacy_sd_model_hash(source.path), full_file_sha256(source.path)
+    return dict(
+        training_started_at=started_at, output_name=cfg.resolved_output_name(settings, project),
+        learning_rate=settings.unet_lr, unet_lr=settings.unet_lr, text_encoder_lr=settings.text_encoder_lr,
+        num_train_images=dataset.num_train_images, num_reg_images=dataset.num_reg_images,
+        num_batches_per_epoch=steps_per_epoch, num_epochs=epochs, max_train_steps=total_steps,
+        lr_warmup_steps=int(round(total_steps * settings.lr_warmup_ratio)), lr_scheduler=settings.lr_scheduler,
+        lr_scheduler_num_cycles=settings.lr_scheduler_number, optimizer=optimizer_name, seed=settings.seed,
+        gradient_checkpointing=settings.gradient_checkpointing, cache_latents=settings.cache_latents,
+        network_module=network.network_module, network_dim=settings.network_dim, network_alpha=settings.network_alpha,
+        network_dropout=None, network_args=network.network_args(),
+        base_model_version=model.version, clip_skip=settings.clip_skip, max_token_length=settings.max_token_length,
+        sd_model_name=source.name, sd_model_hash=model_hash, new_sd_model_hash=new_hash,
+        mixed_precision=precision, noise_offset=settings.noise_offset or None, min_snr_gamma=gamma,
+        prior_loss_weight=settings.prior_loss_weight, weighted_captions=settings.weighted_captions,
+        resolution=settings.resolution, flip_aug=settings.flip_aug, shuffle_caption=settings.shuffle_tags,
+        keep_tokens=settings.activation_tags, enable_bucket=True, min_bucket_reso=settings.min_bucket_reso,
+        max_bucket_reso=settings.max_bucket_reso, bucket_no_upscale=False, bucket_reso_steps=settings.bucket_reso_steps,
+        batch_size_per_device=settings.train_batch_size, bucket_info=dataset.bucket_info(),
+        dataset_dirs=dataset.dataset_dirs(), tag_frequency=dataset.tag_frequency(),
+    )

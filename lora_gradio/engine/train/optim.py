@@ -1,0 +1,75 @@
+"""Optimizers and learning-rate schedules named as in the guide."""
+
+from __future__ import annotations
+
+import ast
+from typing import Any
+
+from lora_gradio.engine.errors import UserError
+from lora_gradio.engine.progress import Progress
+
+# Package to install for each optimizer that torch does not have.
+_PACKAGES = {"AdamW8bit": "bitsandbytes", "Prodigy": "prodigyopt", "DAdaptation": "dadaptation", "Lion": "lion-pytorch"}
+
+
+def parse_optimizer_args(args: list[str]) -> dict[str, Any]:
+    """`["weight_decay=0.1", "betas=(0.9,0.99)"]` -> {"weight_decay": 0.1, "betas": (0.9, 0.99)}."""
+    parsed: dict[str, Any] = {}
+    for item in args:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"optimizer_args entry {item!r} needs key=value, e.g. weight_decay=0.1.")
+        try:
+            parsed[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            parsed[key.strip()] = value.strip()  # a plain word such as a string option
+    return parsed
+
+
+def build_optimizer(name: str, param_groups: list[dict], args: list[str], on_cuda: bool, progress: "Progress | None" = None) -> tuple[Any, str]:
+    """The optimizer and the class path kohya records in ss_optimizer."""
+    import torch
+
+    progress = progress or Progress()
+    extra = parse_optimizer_args(args)
+    if name == "AdamW8bit" and not on_cuda:
+        progress.log("AdamW8bit needs an NVIDIA GPU (bitsandbytes); training on the CPU uses AdamW instead.")
+        name = "AdamW"
+    try:
+        if name == "AdamW":
+            opt = torch.optim.AdamW(param_groups, **extra)
+        elif name == "AdamW8bit":
+            import bitsandbytes as bnb
+
+            opt = bnb.optim.AdamW8bit(param_groups, **extra)
+        elif name == "Prodigy":
+            from prodigyopt import Prodigy
+
+            opt = Prodigy(param_groups, **extra)
+        elif name == "DAdaptation":
+            from dadaptation import DAdaptAdam
+
+            opt = DAdaptAdam(param_groups, **extra)
+        elif name == "Lion":
+            from lion_pytorch import Lion
+
+            opt = Lion(param_groups, **extra)
+        elif name == "AdaFactor":
+            from transformers.optimization import Adafactor
+
+            opt = Adafactor(param_groups, **{"relative_step": False, "scale_parameter": False, "warmup_init": False, **extra})
+        else:
+            raise UserError(f"Unknown optimizer {name!r}: choose AdamW8bit, AdamW, Prodigy, DAdaptation, Lion or AdaFactor.")
+    except ImportError:
+        raise UserError(f"The {name} optimizer needs the {_PACKAGES.get(name, name)} package: pip install {_PACKAGES.get(name, name)} (or choose AdamW).") from None
+    except TypeError as exc:
+        raise UserError(f"optimizer_args do not fit {name}: {exc}. Check the names against the optimizer's documentation.") from None
+    return opt, f"{type(opt).__module__}.{type(opt).__name__}"
+
+
+def build_scheduler(name: str, optimizer: Any, total_steps: int, warmup_ratio: float, number: int) -> Any:
+    """diffusers' schedules: cosine_with_restarts uses `number` cycles, polynomial `number` as power."""
+    from diffusers.optimization import get_scheduler
+
+    warmup = int(round(total_steps * warmup_ratio)) if name != "constant" else 0
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps, num_cycles=number, power=float(number))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import launch  # provided by the WebUI (its root is on sys.path while this runs)
 
-WEBUI_OWNED = {"torch", "torchvision", "gradio", "fastapi", "pydantic", "numpy", "pillow", "transformers", "accelerate", "safetensors", "requests"}
+WEBUI_OWNED = {"torch", "torchvision", "gradio", "fastapi", "pydantic", "numpy", "pillow", "transformers", "accelerate", "safetensors", "requests", "tomli"}
 
 
 def wanted_packages():

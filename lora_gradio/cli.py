@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 import sys
 import time
 from typing import Any, Callable, Sequence
@@ -140,9 +141,7 @@ DATASET_JOBS: dict[str, tuple[str, str, str, Callable[[argparse.Namespace], dict
 }
 
 
-def _existing_file(path: str):
-    from pathlib import Path
-
+def _existing_file(path: str) -> Path:
     p = Path(path).expanduser().resolve()
     if not p.is_file():
         raise UserError(f"{path} is not a file: give the path of an image, caption or .zip to add.")
@@ -215,12 +214,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     project = _projects(args).open(args.name)
     from lora_gradio.engine.train.loop import prepare_settings
 
-    # Check everything cheap before a job starts or a model loads.
-    settings = prepare_settings(project, config_file=args.config, overrides=args.overrides, resume=args.resume)
-    kwargs = {"resume": args.resume, "dry_run": args.dry_run}
+    # Check the settings before a job starts or a model loads.
+    prepare_settings(project, config_file=args.config, overrides=args.overrides, resume=args.resume)
+    config_file = str(Path(args.config).resolve()) if args.config else None
+    kwargs = {"resume": args.resume, "dry_run": args.dry_run, "config_file": config_file, "overrides": args.overrides}
     if args.dry_run:
         return run_engine_function(project, "train", "lora_gradio.engine.train.loop:train_project", "Dry run", kwargs, background=False)
-    del settings
     return run_engine_function(project, "train", "lora_gradio.engine.train.loop:train_project", "Train LoRA", kwargs, background=args.background)
 
 

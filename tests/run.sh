@@ -17,6 +17,8 @@ fi
 # The project with its test tools, in .venv.
 echo "== installing lora_gradio and test tools into .venv"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+# torch first, pinned: here that is the local CPU build, so nothing pulls the CUDA packages.
+.venv/bin/python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
 .venv/bin/python -m pip install -q -e ".[test]"
 
 # The AUTOMATIC1111 WebUI's Gradio 3.41.2, in its own environment.

@@ -55,7 +55,7 @@ def test_script_registers_a_tab_built_from_the_shared_ui(webui, tmp_path):
 
 
 def test_installer_adds_only_what_is_missing_and_never_webui_pins(monkeypatch):
-    installed = {"gradio", "pydantic", "pillow", "requests"}
+    installed = {"gradio", "pydantic", "pillow", "requests", "diffusers", "lycoris-lora", "peft"}
     calls = []
     launch = types.ModuleType("launch")
     launch.is_installed = lambda name: name in installed
@@ -64,6 +64,13 @@ def test_installer_adds_only_what_is_missing_and_never_webui_pins(monkeypatch):
     runpy.run_path(str(REPO / "install.py"))
     assert calls == ['install "tomli-w>=1.0"']
     installed.add("tomli-w")
+    # Missing training packages are added, the WebUI's own never (even when missing here).
+    installed.discard("diffusers")
+    calls.clear()
+    runpy.run_path(str(REPO / "install.py"))
+    assert calls == ['install "diffusers>=0.30"']
+    installed.add("diffusers")
+    calls.clear()
     calls.clear()
     runpy.run_path(str(REPO / "install.py"))
     assert calls == []

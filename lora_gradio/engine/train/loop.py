@@ -52,8 +52,9 @@ class TrainResult:
 
 
 def prepare_settings(project: Project, config_file: "str | None" = None, overrides: "list[str] | None" = None, resume: bool = False) -> cfg.TrainSettings:
-    """The project's settings, overlaid with a settings file and `--set`s, validated and saved.
+    """The project's settings, overlaid with a settings file and `--set`s, validated.
 
+    Nothing is saved here: `train_project` saves them once the run passed its checks.
     Resuming uses the settings of the interrupted run, so a changed file cannot break it.
     """
     if resume:
@@ -68,8 +69,6 @@ def prepare_settings(project: Project, config_file: "str | None" = None, overrid
         settings = _merge_file(settings, Path(config_file))
     if overrides:
         settings = cfg.apply_overrides(settings, overrides)
-    if config_file or overrides:
-        cfg.save_settings(project, settings)
     return settings
 
 
@@ -185,6 +184,8 @@ def train_project(project: Project, resume: bool = False, dry_run: bool = False,
     check_step_limit(plan, force=settings.force_steps)
     if dry_run:
         return TrainResult(output_name, total_epochs=plan.epochs, steps=plan.total_steps, dry_run=True, plan=plan.explain().splitlines()[-1])
+    if (config_file or overrides) and not resume:
+        cfg.save_settings(project, settings)  # what this run used is what the project now holds
     return _run(project, settings, dataset, plan, output_name, resume, progress)
 
 
@@ -204,6 +205,7 @@ def _run(project: Project, settings: cfg.TrainSettings, dataset: Any, plan: Step
     from accelerate.utils import set_seed
 
     from lora_gradio.engine.train import data as data_mod
+    from lora_gradio.engine.train.data import process_caption
     from lora_gradio.engine.train.models import load_base_model, resolve_source
     from lora_gradio.engine.train.network import create_network
     from lora_gradio.engine.train.optim import build_optimizer, build_scheduler
@@ -292,6 +294,8 @@ def _run(project: Project, settings: cfg.TrainSettings, dataset: Any, plan: Step
         network.train()
         for index, batch in enumerate(batches):
             if epoch == first_epoch and index < skip_batches:
+                for item, _ in batch:  # replay the caption shuffles so a resumed run matches an uninterrupted one
+                    process_caption(item.caption_text, item.keep_tokens, settings.shuffle_tags, rng)
                 continue
             try:
                 progress.check_cancel()

@@ -1,0 +1,174 @@
+"""Whole training runs on the tiny model: files, keys, metadata, hashes, diffusers loading, resume."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import struct
+
+import pytest
+
+from lora_gradio.cli import main as cli_main
+from lora_gradio.engine.errors import Cancelled, UserError
+from lora_gradio.engine.progress import Progress
+from lora_gradio.engine.project import Projects
+from lora_gradio.engine.train import loop
+from lora_gradio.engine.train.config import apply_overrides, load_settings, save_settings
+from tests.tiny_sd import build_tiny_sd
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return build_tiny_sd(tmp_path_factory.mktemp("model") / "tiny")
+
+
+def make_project(root, tiny_model, n_images=4, extra=()):
+    from PIL import Image
+
+    project = Projects(root).create("tiny_char")
+    rnd = random.Random(0)
+    for i in range(n_images):
+        size = (256 + 64 * (i % 2), 256)
+        Image.new("RGB", size, tuple(rnd.randrange(256) for _ in range(3))).save(project.dataset_dir / f"{i}.png")
+        (project.dataset_dir / f"{i}.txt").write_text("tiny_char, 1girl, smile, red hair")
+    settings = apply_overrides(load_settings(project), [
+        f"training_model={tiny_model}", "resolution=256", "num_repeats=1", "how_many=2", "optimizer=AdamW",
+        "network_dim=4", "network_alpha=2", "max_token_length=75", "unet_lr=1e-3", "text_encoder_lr=1e-3", *extra,
+    ])
+    save_settings(project, settings)
+    return project
+
+
+def read_header(path):
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    return json.loads(data[8 : 8 + n]), data[8 + n :]
+
+
+def test_two_epochs_write_kohya_files_that_diffusers_loads(tmp_path, tiny_model):
+    project = make_project(tmp_path / "Loras", tiny_model)
+    result = loop.train_project(project)
+    files = sorted(p.name for p in project.output_dir.glob("*.safetensors"))
+    assert files == ["tiny_char-01.safetensors", "tiny_char-02.safetensors"]
+    assert result.epochs_done == 2 and result.steps == 4  # 4 images, batch 2, 2 epochs
+
+    header, tensor_bytes = read_header(project.output_dir / "tiny_char-02.safetensors")
+    meta = header.pop("__metadata__")
+    names = set(header)
+    assert any(n.startswith("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.") for n in names)
+    assert any(n.startswith("lora_te_text_model_encoder_layers_0_self_attn_q_proj.") for n in names)
+    modules = {n.rsplit(".", 2)[0] if n.endswith(".weight") else n.rsplit(".", 1)[0] for n in names}
+    for module in modules:
+        down, up, alpha = header[f"{module}.lora_down.weight"], header[f"{module}.lora_up.weight"], header[f"{module}.alpha"]
+        assert down["shape"][0] == 4 and up["shape"][1] == 4 and alpha["shape"] == []
+        assert down["dtype"] == up["dtype"] == "F16"
+    # Metadata as kohya writes it.
+    assert all(isinstance(v, str) for v in meta.values())
+    assert meta["ss_epoch"] == "2" and meta["ss_num_epochs"] == "2" and meta["ss_steps"] == "4"
+    assert meta["ss_network_module"] == "networks.lora" and meta["ss_network_dim"] == "4" and meta["ss_network_alpha"] == "2"
+    assert meta["ss_output_name"] == "tiny_char" and meta["ss_base_model_version"] == "sd_v1"
+    assert meta["ss_clip_skip"] == "2" and meta["modelspec.architecture"] == "stable-diffusion-v1/lora"
+    assert json.loads(meta["ss_tag_frequency"])["dataset"]["tiny_char"] == 4
+    assert json.loads(meta["ss_dataset_dirs"]) == {"dataset": {"n_repeats": 1, "img_count": 4}}  # key: the folder name
+    assert sum(b["count"] for b in json.loads(meta["ss_bucket_info"])["buckets"].values()) == 4
+    # Hashes over the tensor data only, as the reference says.
+    assert meta["sshs_model_hash"] == hashlib.sha256(tensor_bytes).hexdigest()
+    assert meta["sshs_legacy_hash"] == hashlib.sha256(tensor_bytes[0x100000 : 0x100000 + 0x10000]).hexdigest()[:8]
+    # The LoRA actually changed something, and diffusers loads it and applies it.
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    pytest.importorskip("peft")
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_model, safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+
+    def render():
+        return pipe("tiny_char, 1girl", num_inference_steps=2, height=64, width=64, output_type="np", generator=torch.Generator().manual_seed(0)).images
+
+    before = render()
+    pipe.load_lora_weights(str(project.output_dir / "tiny_char-02.safetensors"), adapter_name="t")
+    after = render()
+    assert abs(after - before).max() > 1e-4
+
+
+def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(tmp_path, tiny_model):
+    from safetensors.torch import load_file
+
+    import shutil
+
+    project = make_project(tmp_path / "Loras", tiny_model, extra=["how_many=3"])
+    loop.train_project(project)  # the uninterrupted run, in the same place (same cached latents)
+    expected = load_file(str(project.output_dir / "tiny_char-03.safetensors"))
+    shutil.rmtree(project.output_dir)
+    project.output_dir.mkdir()
+
+    class StopAfter(Progress):
+        """Interrupt like a closed Colab tab: a cancel request mid-epoch 2."""
+
+        def __init__(self, steps):
+            self.steps, self.seen = steps, 0
+
+        def update(self, done, total=None, message="", **data):
+            if data.get("loss") is not None:
+                self.seen = done
+
+        def cancelled(self):
+            return self.seen >= self.steps
+
+    with pytest.raises(Cancelled):
+        loop.train_project(project, progress=StopAfter(3))
+    assert loop.read_state_info(project)["global_step"] == 3
+    assert sorted(p.name for p in project.output_dir.glob("*.safetensors")) == ["tiny_char-01.safetensors"]
+    with pytest.raises(UserError, match="leave out --config and --set"):
+        loop.prepare_settings(project, overrides=["seed=1"], resume=True)
+    result = loop.train_project(project, resume=True)
+    assert result.steps == 6 and result.epochs_done == 3
+    resumed = load_file(str(project.output_dir / "tiny_char-03.safetensors"))
+    import torch
+
+    assert set(resumed) == set(expected)
+    assert all(torch.allclose(resumed[k].float(), expected[k].float(), atol=1e-3) for k in expected)
+    assert loop.read_state_info(project) is None  # finished: nothing left to resume
+
+
+def test_nan_loss_stops_with_advice(tmp_path, tiny_model, monkeypatch):
+    project = make_project(tmp_path / "Loras", tiny_model)
+    monkeypatch.setattr(loop, "_step", lambda *a, **k: float("nan"))
+    with pytest.raises(UserError, match="Lower unet_lr"):
+        loop.train_project(project)
+
+
+def test_keep_only_last_epochs_moves_older_ones_to_the_trash(tmp_path, tiny_model):
+    from lora_gradio.engine.trash import list_trash
+
+    project = make_project(tmp_path / "Loras", tiny_model, extra=["how_many=3", "keep_only_last_n_epochs=1", "text_encoder_lr=0"])
+    loop.train_project(project)
+    assert sorted(p.name for p in project.output_dir.glob("*.safetensors")) == ["tiny_char-03.safetensors"]
+    assert sum(len(b.pending) for b in list_trash(project)) == 2
+    header, _ = read_header(project.output_dir / "tiny_char-03.safetensors")
+    assert not any(k.startswith("lora_te") for k in header)  # text_encoder_lr 0: UNet only, like kohya
+
+
+def test_cli_dry_run_and_step_limit(tmp_path, tiny_model, capsys):
+    project = make_project(tmp_path / "Loras", tiny_model)
+    root = str(project.root)
+    assert cli_main(["--root", root, "train", "tiny_char", "--dry-run"]) == 0
+    out, err = capsys.readouterr()
+    assert "4 images x 1 repeat x 2 epochs / 2 batch = 4 steps" in err and "Dry run" in out
+    code = cli_main(["--root", root, "train", "tiny_char", "--dry-run", "--set", "num_repeats=1000", "--set", "how_many=100"])
+    out, err = capsys.readouterr()
+    assert code == 2 and "probably a mistake" in err and "force_steps=true" in err
+    assert load_settings(project).num_repeats == 1  # a refused run changes no setting
+    assert cli_main(["--root", root, "train", "tiny_char", "--dry-run", "--set", "force_steps=true"]) == 0
+    capsys.readouterr()
+    code = cli_main(["--root", root, "train", "tiny_char", "--set", "network_dimm=8"])
+    _, err = capsys.readouterr()
+    assert code == 2 and "network_dim" in err and err.count("\n") == 1
+
+
+def test_empty_dataset_is_refused_before_loading_anything(tmp_path, tiny_model):
+    project = Projects(tmp_path).create("empty")
+    save_settings(project, apply_overrides(load_settings(project), [f"training_model={tiny_model}"]))
+    with pytest.raises(UserError, match="No images"):
+        loop.train_project(project)

@@ -134,7 +134,7 @@ def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(tmp_path, tiny
 
 def test_nan_loss_stops_with_advice(tmp_path, tiny_model, monkeypatch):
     project = make_project(tmp_path / "Loras", tiny_model)
-    monkeypatch.setattr(loop, "_step", lambda *a, **k: float("nan"))
+    monkeypatch.setattr(loop, "training_step", lambda *a, **k: float("nan"))
     with pytest.raises(UserError, match="Lower unet_lr"):
         loop.train_project(project)
 
@@ -172,3 +172,30 @@ def test_empty_dataset_is_refused_before_loading_anything(tmp_path, tiny_model):
     save_settings(project, apply_overrides(load_settings(project), [f"training_model={tiny_model}"]))
     with pytest.raises(UserError, match="No images"):
         loop.train_project(project)
+
+
+def test_sample_images_every_epoch(tmp_path, tiny_model):
+    project = make_project(tmp_path / "Loras", tiny_model, extra=["how_many=1", "sample_every_n_epochs=1", "sample_prompts=tiny_char, smile --w 64 --h 64 --s 2 | tiny_char, red hair --w 64 --h 64 --s 2 --d 7"])
+    result = loop.train_project(project)
+    from PIL import Image
+
+    assert [p.split("/")[-1] for p in result.samples] == ["tiny_char-01-00.png", "tiny_char-01-01.png"]
+    assert Image.open(result.samples[0]).size == (64, 64)
+
+
+def test_batches_are_shared_evenly_between_processes():
+    import types
+
+    batches = list(range(7))
+    shares = [loop._shard(batches, types.SimpleNamespace(num_processes=3, process_index=i)) for i in range(3)]
+    assert [len(s) for s in shares] == [3, 3, 3]  # equal steps, or the gradient sync would hang
+    assert set(sum(shares, [])) == set(batches)
+
+
+def test_hub_model_offline_gets_a_clear_message(tmp_path, monkeypatch):
+    from lora_gradio.engine.train import models
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    source = models.resolve_source("nobody-here/no-such-model", tmp_path)
+    with pytest.raises(UserError, match="Cannot load the base model nobody-here/no-such-model"):
+        models.load_base_model(source)

@@ -235,8 +235,11 @@ def _run(project: Project, settings: cfg.TrainSettings, dataset: Any, plan: Step
             progress.log(f"skipped {path.name}: {reason}")
     model.vae.to("cpu")
     plan = step_plan(dataset, settings)  # unreadable images found while caching were dropped
-    steps_per_epoch = data_mod.steps_per_epoch(dataset, settings.train_batch_size)
+    steps_per_epoch = math.ceil(data_mod.steps_per_epoch(dataset, settings.train_batch_size) / accelerator.num_processes)
     total_steps = steps_per_epoch * plan.epochs
+    main = accelerator.is_main_process
+    if not main:
+        progress = _SilentButCancellable(progress)  # one process reports; all of them stop
 
     train_te = settings.text_encoder_lr > 0
     network = create_network(model.unet, model.text_encoder, settings.lora_type, settings.network_dim, settings.network_alpha, settings.conv_dim, settings.conv_alpha, train_text_encoder=train_te)
@@ -289,7 +292,7 @@ def _run(project: Project, settings: cfg.TrainSettings, dataset: Any, plan: Step
     progress.log(f"training {plan.epochs} epochs x {steps_per_epoch} steps on {device} ({precision}); {raw_network.describe()}")
 
     for epoch in range(first_epoch, plan.epochs):
-        batches = data_mod.epoch_batches(dataset, settings.train_batch_size, epoch, settings.seed)
+        batches = _shard(data_mod.epoch_batches(dataset, settings.train_batch_size, epoch, settings.seed), accelerator)
         rng.seed(settings.seed * 100003 + epoch)
         network.train()
         for index, batch in enumerate(batches):
@@ -300,10 +303,13 @@ def _run(project: Project, settings: cfg.TrainSettings, dataset: Any, plan: Step
             try:
                 progress.check_cancel()
             except Cancelled:
-                _save_state(project, settings, raw_network, optimizer, lr_scheduler, epoch, index, global_step, started_at)
+                if main:
+                    _save_state(project, settings, raw_network, optimizer, lr_scheduler, epoch, index, global_step, started_at)
                 progress.log(f"stopped at epoch {epoch + 1}, step {global_step}: `train {project.base} --resume` continues from here")
                 raise
-            loss = _step(accelerator, model, network, batch, cache, rng, settings, gamma, alphas_cumprod, device, weight_dtype, train_te)
+            captions = [process_caption(item.caption_text, item.keep_tokens, settings.shuffle_tags, rng) for item, _ in batch]
+            is_reg = [item.is_reg for item, _ in batch]
+            loss = training_step(accelerator, model, network, cache.batch(batch), captions, is_reg, settings, gamma, alphas_cumprod, weight_dtype, train_te)
             if not math.isfinite(loss):
                 raise UserError(
                     f"The loss became {loss} at step {global_step + 1}: the run diverged. Lower unet_lr (e.g. 1e-4) and text_encoder_lr, "
@@ -322,6 +328,10 @@ def _run(project: Project, settings: cfg.TrainSettings, dataset: Any, plan: Step
             )
             tick = now
         epoch_done = epoch + 1
+        result.epochs_done = epoch_done
+        if not main:
+            accelerator.wait_for_everyone()
+            continue
         if _should_save(epoch_done, plan.epochs, settings.save_every_n_epochs):
             name = epoch_file_name(output_name, epoch_done, plan.epochs)
             target = project.output_dir / name
@@ -337,22 +347,51 @@ def _run(project: Project, settings: cfg.TrainSettings, dataset: Any, plan: Step
         if settings.sample_every_n_epochs and settings.sample_prompts and (epoch_done % settings.sample_every_n_epochs == 0 or epoch_done == plan.epochs):
             result.samples += [str(p) for p in _samples(model, raw_network, settings, project, output_name, epoch_done, plan.epochs, device)]
         _save_state(project, settings, raw_network, optimizer, lr_scheduler, epoch_done, 0, global_step, started_at)
-        result.epochs_done = epoch_done
+        accelerator.wait_for_everyone()
     result.steps = global_step
-    _clear_state(project)
+    if main:
+        _clear_state(project)
     return result
 
 
-def _step(accelerator, model, network, batch, cache, rng, settings, gamma, alphas_cumprod, device, weight_dtype, train_te) -> float:
+def _shard(batches: list, accelerator: Any) -> list:
+    """This process's share of an epoch's batches under `accelerate launch`.
+
+    Every process must take the same number of steps (gradients are averaged at each), so the
+    list is padded by repeating its first batches, as Accelerate's even_batches does.
+    """
+    count = accelerator.num_processes
+    if count == 1:
+        return batches
+    per_process = math.ceil(len(batches) / count)
+    padded = batches + batches[: per_process * count - len(batches)]
+    return padded[accelerator.process_index :: count]
+
+
+class _SilentButCancellable(Progress):
+    def __init__(self, inner: Progress):
+        self.inner = inner
+
+    def cancelled(self) -> bool:
+        return self.inner.cancelled()
+
+
+def training_step(accelerator, model, network, latents, captions, is_reg, settings, gamma, alphas_cumprod, weight_dtype, train_te) -> float:
+    """One optimisation step's forward and backward on cached latents; returns the loss.
+
+    Noise (plus noise_offset), uniform timesteps, epsilon or v target, per-sample MSE,
+    prior-loss weight for regularization images, min-SNR weighting, then the batch mean.
+    The benchmark calls this same function.
+    """
     import contextlib
 
     import torch
     import torch.nn.functional as F
 
-    from lora_gradio.engine.train.data import encode_prompts, process_caption
+    from lora_gradio.engine.train.data import encode_prompts
 
-    latents = cache.batch(batch).to(device, dtype=weight_dtype)
-    captions = [process_caption(item.caption_text, item.keep_tokens, settings.shuffle_tags, rng) for item, _ in batch]
+    device = accelerator.device
+    latents = latents.to(device, dtype=weight_dtype)
     with accelerator.autocast():
         with contextlib.nullcontext() if train_te else torch.no_grad():
             hidden = encode_prompts(model.tokenizer, model.text_encoder, captions, settings.max_token_length, settings.clip_skip, device=device)
@@ -364,8 +403,7 @@ def _step(accelerator, model, network, batch, cache, rng, settings, gamma, alpha
         prediction = model.unet(noisy, timesteps, hidden.to(weight_dtype)).sample
     target = model.noise_scheduler.get_velocity(latents, noise, timesteps) if model.v_parameterization else noise
     loss = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=[1, 2, 3])
-    weights = torch.tensor([settings.prior_loss_weight if item.is_reg else 1.0 for item, _ in batch], device=device)
-    loss = loss * weights
+    loss = loss * torch.tensor([settings.prior_loss_weight if reg else 1.0 for reg in is_reg], device=device)
     if gamma:
         snr = alphas_cumprod[timesteps] / (1 - alphas_cumprod[timesteps])
         clipped = torch.clamp(snr, max=gamma)
@@ -403,7 +441,7 @@ def _samples(model, network, settings, project, output_name, epoch, total_epochs
     model.vae.to(device)
     try:
         with torch.no_grad():
-            return sample_images(model, settings.sample_prompts, project.output_dir / "sample", stem, settings.resolution, settings.seed, device, settings.clip_skip)
+            return sample_images(model, settings.sample_prompts, project.output_dir / "sample", stem, settings.resolution, settings.seed, device, settings.clip_skip, settings.max_token_length)
     finally:
         model.vae.to("cpu")
 

@@ -49,10 +49,17 @@ def parse_prompt(text: str, resolution: int, seed: int) -> SamplePrompt:
     return sample
 
 
-def sample_images(model: Any, prompts: list[str], folder: Path, stem: str, resolution: int, seed: int, device: Any, clip_skip: int = 1) -> list[Path]:
-    """Render each prompt once with the model as it is now; return the saved PNG paths."""
+def sample_images(model: Any, prompts: list[str], folder: Path, stem: str, resolution: int, seed: int, device: Any, clip_skip: int = 1, max_token_length: int = 75) -> list[Path]:
+    """Render each prompt once with the model as it is now; return the saved PNG paths.
+
+    Prompts are encoded by the training code (long prompts, clip skip), so samples see the
+    text exactly as training does; diffusers' own clip_skip needs `.text_model`, which
+    transformers 5 no longer has.
+    """
     import torch
     from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionPipeline
+
+    from lora_gradio.engine.train.data import encode_prompts
 
     scheduler = EulerAncestralDiscreteScheduler.from_config(model.noise_scheduler.config)
     pipe = StableDiffusionPipeline(
@@ -66,10 +73,11 @@ def sample_images(model: Any, prompts: list[str], folder: Path, stem: str, resol
         sample = parse_prompt(text, resolution, seed)
         generator = torch.Generator(device="cpu").manual_seed(sample.seed)
         with torch.no_grad():
+            embeds = encode_prompts(model.tokenizer, model.text_encoder, [sample.prompt, sample.negative], max_token_length, clip_skip, device=device)
+            embeds = embeds.to(model.unet.dtype)
             image = pipe(
-                sample.prompt, negative_prompt=sample.negative or None, width=sample.width, height=sample.height,
+                prompt_embeds=embeds[:1], negative_prompt_embeds=embeds[1:], width=sample.width, height=sample.height,
                 num_inference_steps=sample.steps, guidance_scale=sample.scale, generator=generator,
-                clip_skip=clip_skip - 1 if clip_skip > 1 else None,
             ).images[0]
         target = folder / f"{stem}-{index:02d}.png"
         with atomic_path(target) as tmp:

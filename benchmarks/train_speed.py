@@ -1,0 +1,167 @@
+"""Training speed on the real SD1.5 architecture: samples/s, peak memory and MFU.
+
+    python benchmarks/train_speed.py                       # GPU: 512 px, batch 2 (the guide's defaults)
+    python benchmarks/train_speed.py --batch 8
+    python benchmarks/train_speed.py --resolution 256 --batch 1 --steps 2   # what a CPU can show
+
+The UNet and text encoder are built from the configs the package ships, with random weights
+(nothing is downloaded), and trained with the guide's defaults: LoRA dim 16 / alpha 8 on UNet
+and text encoder, 225-token captions with clip skip 2, min-SNR 5, AdamW8bit on a GPU (AdamW
+on a CPU), fp16/bf16 mixed precision on a GPU. Latents are random (the real run caches them,
+so the VAE is not part of a training step). Each step is the same `training_step` the trainer
+runs. FLOPs of one step are counted with torch.utils.flop_counter; MFU divides the achieved
+FLOP/s by the GPU's dense half-precision peak (from the table below, or --peak-tflops).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+# Dense fp16/bf16 tensor-core peaks (TFLOP/s), from the vendors' data sheets.
+GPU_PEAK_TFLOPS = {
+    "H200": 989.0, "H100 SXM": 989.0, "H100 80GB HBM3": 989.0, "H100 PCIe": 756.0, "H100": 756.0,
+    "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10G": 125.0, "A10": 125.0, "T4": 65.0, "V100": 125.0,
+    "RTX 4090": 165.0, "RTX 3090": 71.0, "RTX 3080": 59.5, "RTX 3060": 25.5,
+}
+
+
+def peak_tflops(name: str) -> "float | None":
+    for key in sorted(GPU_PEAK_TFLOPS, key=len, reverse=True):
+        if key.lower() in name.lower():
+            return GPU_PEAK_TFLOPS[key]
+    return None
+
+
+def tokenizer_for_benchmark():
+    """The real CLIP tokenizer when cached; else the tests' small one (same 77-token chunks)."""
+    try:
+        from lora_gradio.engine.train.models import clip_tokenizer
+
+        return clip_tokenizer("sd_v1"), "openai/clip-vit-large-patch14"
+    except Exception:
+        from transformers import CLIPTokenizer
+
+        from tests.tiny_sd import write_tiny_tokenizer
+
+        folder = Path(tempfile.mkdtemp()) / "tokenizer"
+        write_tiny_tokenizer(folder)
+        return CLIPTokenizer.from_pretrained(folder), "small test vocabulary (same sequence lengths)"
+
+
+def main() -> int:
+    import torch
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    on_cuda = torch.cuda.is_available()
+    parser.add_argument("--resolution", type=int, default=512 if on_cuda else 256)
+    parser.add_argument("--batch", type=int, default=2 if on_cuda else 1)
+    parser.add_argument("--steps", type=int, default=20 if on_cuda else 2)
+    parser.add_argument("--warmup", type=int, default=3 if on_cuda else 1)
+    parser.add_argument("--precision", choices=["auto", "fp16", "bf16", "no"], default="auto")
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--lora-type", default="LoRA")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="the device's peak, for MFU (default: from the table)")
+    parser.add_argument("--json", action="store_true", help="print one JSON line instead of text")
+    args = parser.parse_args()
+
+    from accelerate import Accelerator
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from lora_gradio.engine.train.config import TrainSettings, resolved_min_snr_gamma
+    from lora_gradio.engine.train.loop import training_step
+    from lora_gradio.engine.train.models import CONFIG_DIR, BaseModel, ModelSource
+    from lora_gradio.engine.train.network import create_network
+    from lora_gradio.engine.train.optim import build_optimizer
+
+    settings = TrainSettings(train_batch_size=args.batch, resolution=args.resolution, lora_type=args.lora_type, gradient_checkpointing=args.gradient_checkpointing)
+    precision = "no" if not on_cuda else (args.precision if args.precision != "auto" else ("bf16" if torch.cuda.is_bf16_supported() else "fp16"))
+    accelerator = Accelerator(mixed_precision=precision, cpu=not on_cuda)
+    device = accelerator.device
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel.from_config(json.loads((CONFIG_DIR / "sd15/unet/config.json").read_text()))
+    text_encoder = CLIPTextModel(CLIPTextConfig(**json.loads((CONFIG_DIR / "sd15/text_encoder/config.json").read_text())))
+    tokenizer, tokenizer_name = tokenizer_for_benchmark()
+    scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, clip_sample=False)
+    model = BaseModel(unet, None, text_encoder, tokenizer, scheduler, "sd_v1", ModelSource("diffusers", "random", "random SD1.5"))
+    network = create_network(unet, text_encoder, settings.lora_type, settings.network_dim, settings.network_alpha, settings.conv_dim, settings.conv_alpha)
+    network.apply_to()
+    unet.to(device, dtype=dtype)
+    text_encoder.to(device, dtype=dtype)
+    network.to(device, dtype=torch.float32)
+    if args.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+        unet.train()
+    optimizer, optimizer_name = build_optimizer("AdamW8bit", network.param_groups(settings.unet_lr, settings.text_encoder_lr), [], on_cuda)
+    network, optimizer = accelerator.prepare(network, optimizer)
+    gamma = resolved_min_snr_gamma(settings)
+    alphas = scheduler.alphas_cumprod.to(device)
+    caption = ", ".join(f"tag{i} 1girl solo smile red hair" for i in range(60))  # long enough for 225 tokens
+    latent = args.resolution // 8
+
+    def step() -> float:
+        latents = torch.randn(args.batch, 4, latent, latent)
+        loss = training_step(accelerator, model, network, latents, [caption] * args.batch, [False] * args.batch, settings, gamma, alphas, dtype, True)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    def sync() -> None:
+        if on_cuda:
+            torch.cuda.synchronize()
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    flops_per_step = counter.get_total_flops()
+    for _ in range(args.warmup):
+        step()
+    if on_cuda:
+        torch.cuda.reset_peak_memory_stats()
+    sync()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    sync()
+    seconds = (time.perf_counter() - start) / args.steps
+    if on_cuda:
+        device_name = torch.cuda.get_device_name()
+        peak_mem = torch.cuda.max_memory_allocated() / 2**30
+    else:
+        import resource
+
+        device_name = "CPU"
+        peak_mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    peak = args.peak_tflops or (peak_tflops(device_name) if on_cuda else None)
+    achieved = flops_per_step / seconds / 1e12
+    report = {
+        "device": device_name, "precision": precision, "resolution": args.resolution, "batch": args.batch,
+        "optimizer": optimizer_name.rsplit(".", 1)[-1], "gradient_checkpointing": args.gradient_checkpointing,
+        "seconds_per_step": round(seconds, 4), "samples_per_s": round(args.batch / seconds, 3),
+        "tflop_per_sample": round(flops_per_step / args.batch / 1e12, 3), "achieved_tflops": round(achieved, 2),
+        "mfu": round(achieved / peak, 4) if peak else None, "peak_memory_gib": round(peak_mem, 2),
+        "tokenizer": tokenizer_name, "steps_timed": args.steps,
+    }
+    if args.json:
+        print(json.dumps(report))
+    else:
+        mem_label = "peak GPU memory" if on_cuda else "peak process memory (RSS)"
+        print(f"{device_name}, {precision}, {args.resolution} px, batch {args.batch}, {report['optimizer']}, LoRA 16/8 on UNet + text encoder")
+        print(f"  {report['samples_per_s']} samples/s ({report['seconds_per_step']} s/step over {args.steps} steps)")
+        print(f"  {report['tflop_per_sample']} TFLOP per sample; {report['achieved_tflops']} TFLOP/s achieved" + (f"; MFU {report['mfu']:.1%} of {peak} TFLOP/s" if peak else "; MFU: no peak known for this device (--peak-tflops)"))
+        print(f"  {mem_label}: {report['peak_memory_gib']} GiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

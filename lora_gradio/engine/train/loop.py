@@ -211,6 +211,7 @@ def _run(project: Project, settings: cfg.TrainSettings, dataset: Any, plan: Step
     from lora_gradio.engine.train.optim import build_optimizer, build_scheduler
     from lora_gradio.engine.train.saving import epoch_file_name, full_file_sha256, legacy_sd_model_hash, prune_epochs, save_lora
 
+    _quiet_libraries()
     on_cuda = torch.cuda.is_available()
     precision = _mixed_precision(settings, on_cuda)
     accelerator = Accelerator(mixed_precision=precision, cpu=not on_cuda)
@@ -323,7 +324,7 @@ def _run(project: Project, settings: cfg.TrainSettings, dataset: Any, plan: Step
             now = time.monotonic()
             progress.update(
                 global_step, total_steps, f"epoch {epoch + 1}/{plan.epochs}",
-                epoch=epoch + 1, loss=round(sum(window) / len(window), 5), lr=lr_scheduler.get_last_lr()[0],
+                epoch=epoch + 1, loss=round(sum(window) / len(window), 5), **_learning_rates(optimizer),
                 it_per_s=round(1 / max(now - tick, 1e-9), 3),
             )
             tick = now
@@ -352,6 +353,25 @@ def _run(project: Project, settings: cfg.TrainSettings, dataset: Any, plan: Step
     if main:
         _clear_state(project)
     return result
+
+
+def _learning_rates(optimizer: Any) -> dict[str, float]:
+    """The current rate of each part, e.g. {"lr_unet": 4.9e-4, "lr_text_encoder": 9.8e-5}."""
+    return {f"lr_{group.get('name', index)}": float(f"{group['lr']:.3g}") for index, group in enumerate(optimizer.param_groups)}
+
+
+def _quiet_libraries() -> None:
+    """Keep a job's log to what the person needs: no per-file progress bars or advice meant for library developers."""
+    import warnings
+
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning, module="diffusers")
 
 
 def _shard(batches: list, accelerator: Any) -> list:

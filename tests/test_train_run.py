@@ -199,3 +199,9 @@ def test_hub_model_offline_gets_a_clear_message(tmp_path, monkeypatch):
     source = models.resolve_source("nobody-here/no-such-model", tmp_path)
     with pytest.raises(UserError, match="Cannot load the base model nobody-here/no-such-model"):
         models.load_base_model(source)
+
+
+def test_weighted_captions_train(tmp_path, tiny_model):
+    project = make_project(tmp_path / "Loras", tiny_model, extra=["how_many=1", "weighted_captions=true", "shuffle_tags=false"])
+    (project.dataset_dir / "0.txt").write_text("tiny_char, (red hair:1.3), [smile]")
+    assert loop.train_project(project).steps == 2

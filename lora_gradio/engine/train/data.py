@@ -913,8 +913,6 @@ def tokenize_prompts(tokenizer: Any, captions: Sequence[str], max_token_length: 
     truncated), then split the content into chunks of 75, each as BOS + 75 tokens + the last id.
     For pad != eos tokenizers (SD2, SDXL) a chunk ending in content gets EOS, and an empty chunk
     starts BOS EOS, like kohya."""
-    import torch
-
     model_max = int(getattr(tokenizer, "model_max_length", 77) or 77)
     if model_max > 1000:  # tokenizers without a set length say "very large"
         model_max = 77
@@ -924,6 +922,14 @@ def tokenize_prompts(tokenizer: Any, captions: Sequence[str], max_token_length: 
     ids = tokenizer(
         list(captions), padding="max_length", truncation=True, max_length=max_token_length + 2, return_tensors="pt"
     ).input_ids
+    return chunk_token_ids(tokenizer, ids, max_token_length)
+
+
+def chunk_token_ids(tokenizer: Any, ids: "torch.Tensor", max_token_length: int) -> "torch.Tensor":
+    """Padded ids [B, max_token_length + 2] -> [B, chunks, 77], each chunk BOS + 75 + last id."""
+    import torch
+
+    content = max_token_length if max_token_length <= 75 else 75
     if max_token_length == content:
         return ids.unsqueeze(1)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
@@ -956,7 +962,11 @@ def encode_prompts(
     """
     if clip_skip < 1:
         raise UserError(f"clip_skip must be 1 or more (got {clip_skip}); the guide uses 2.")
-    ids = tokenize_prompts(tokenizer, captions, max_token_length)  # B, chunks, 77
+    return encode_token_ids(text_encoder, tokenize_prompts(tokenizer, captions, max_token_length), max_token_length, clip_skip, device)
+
+
+def encode_token_ids(text_encoder: Any, ids: "torch.Tensor", max_token_length: int, clip_skip: int, device: Any = None) -> "torch.Tensor":
+    """The encoding half of `encode_prompts`, for ids already split into 77-token chunks [B, chunks, 77]."""
     batch, n_chunks, length = ids.shape
     if device is None:
         device = next(text_encoder.parameters()).device

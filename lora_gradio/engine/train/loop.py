@@ -409,12 +409,14 @@ def training_step(accelerator, model, network, latents, captions, is_reg, settin
     import torch.nn.functional as F
 
     from lora_gradio.engine.train.data import encode_prompts
+    from lora_gradio.engine.train.weighting import encode_weighted_prompts
 
+    encode = encode_weighted_prompts if settings.weighted_captions else encode_prompts
     device = accelerator.device
     latents = latents.to(device, dtype=weight_dtype)
     with accelerator.autocast():
         with contextlib.nullcontext() if train_te else torch.no_grad():
-            hidden = encode_prompts(model.tokenizer, model.text_encoder, captions, settings.max_token_length, settings.clip_skip, device=device)
+            hidden = encode(model.tokenizer, model.text_encoder, captions, settings.max_token_length, settings.clip_skip, device=device)
         noise = torch.randn_like(latents)
         if settings.noise_offset:
             noise = noise + settings.noise_offset * torch.randn(latents.shape[0], latents.shape[1], 1, 1, device=device, dtype=latents.dtype)

@@ -205,3 +205,17 @@ def test_weighted_captions_train(tmp_path, tiny_model):
     project = make_project(tmp_path / "Loras", tiny_model, extra=["how_many=1", "weighted_captions=true", "shuffle_tags=false"])
     (project.dataset_dir / "0.txt").write_text("tiny_char, (red hair:1.3), [smile]")
     assert loop.train_project(project).steps == 2
+
+
+def test_a_new_run_sets_the_previous_one_aside_instead_of_overwriting(tmp_path, tiny_model):
+    from lora_gradio.engine.trash import list_trash, restore
+
+    project = make_project(tmp_path / "Loras", tiny_model, extra=["how_many=1"])
+    loop.train_project(project)
+    first = (project.output_dir / "tiny_char-01.safetensors").read_bytes()
+    save_settings(project, apply_overrides(load_settings(project), ["seed=7"]))
+    loop.train_project(project)
+    assert (project.output_dir / "tiny_char-01.safetensors").read_bytes() != first
+    batch = next(b for b in list_trash(project) if b.reason == "previous run of tiny_char")
+    restored = restore(project, batch.id)
+    assert any(r.endswith("tiny_char-01 (2).safetensors") for r in restored)

@@ -157,6 +157,18 @@ def _save_state(project: Project, settings: cfg.TrainSettings, network: Any, opt
     atomic_write_text(folder / "state.json", json.dumps(info, indent=1))
 
 
+def _set_aside_previous_run(project: Project, output_name: str, progress: Progress) -> None:
+    """A new run would overwrite the last run's epoch files and its resumable state: trash them instead."""
+    from lora_gradio.engine.train.saving import epoch_files
+    from lora_gradio.engine.trash import move_to_trash
+
+    old = [path for _, path in epoch_files(project.output_dir, output_name)]
+    old += [p for p in (state_dir(project) / "state.pt", state_dir(project) / "state.json") if p.exists()]
+    if old:
+        batch = move_to_trash(project, old, f"previous run of {output_name}", with_sidecars=False)
+        progress.log(f"moved the previous run's {len(old)} file(s) to the trash (batch {batch.id}); `dataset restore {project.base} {batch.id}` brings them back")
+
+
 def _clear_state(project: Project) -> None:
     for name in ("state.pt", "state.json"):
         (state_dir(project) / name).unlink(missing_ok=True)
@@ -186,6 +198,8 @@ def train_project(project: Project, resume: bool = False, dry_run: bool = False,
         return TrainResult(output_name, total_epochs=plan.epochs, steps=plan.total_steps, dry_run=True, plan=plan.explain().splitlines()[-1])
     if (config_file or overrides) and not resume:
         cfg.save_settings(project, settings)  # what this run used is what the project now holds
+    if not resume:
+        _set_aside_previous_run(project, output_name, progress)
     return _run(project, settings, dataset, plan, output_name, resume, progress)
 
 

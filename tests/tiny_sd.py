@@ -54,10 +54,11 @@ def write_tiny_tokenizer(folder: Path) -> None:
 
 
 def tiny_components(seed: int = 0):
-    """(unet, vae, text_encoder, tokenizer_folder_builder) with fixed random weights."""
+    """(unet, vae, text_config): the UNet and VAE with fixed random weights, and the text
+    encoder's config (its vocabulary size is set from the tokenizer in build_tiny_sd)."""
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextConfig
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
@@ -83,9 +84,8 @@ def tiny_components(seed: int = 0):
         norm_num_groups=4,
         sample_size=64,
     )
-    tokenizer_vocab = 256 * 2 + 200  # generous upper bound; the real count is set below
     text_config = CLIPTextConfig(
-        vocab_size=tokenizer_vocab,
+        vocab_size=_vocab_size(),
         hidden_size=TINY_TEXT_HIDDEN,
         intermediate_size=37,
         num_attention_heads=4,

@@ -223,7 +223,7 @@ def _run(project: Project, settings: cfg.TrainSettings, dataset: Any, plan: Step
     from lora_gradio.engine.train.models import load_base_model, resolve_source
     from lora_gradio.engine.train.network import create_network
     from lora_gradio.engine.train.optim import build_optimizer, build_scheduler
-    from lora_gradio.engine.train.saving import epoch_file_name, full_file_sha256, legacy_sd_model_hash, prune_epochs, save_lora
+    from lora_gradio.engine.train.saving import epoch_file_name, prune_epochs, save_lora
 
     _quiet_libraries()
     on_cuda = torch.cuda.is_available()
@@ -280,7 +280,8 @@ def _run(project: Project, settings: cfg.TrainSettings, dataset: Any, plan: Step
             model.text_encoder.train()
 
     optimizer, optimizer_name = build_optimizer(settings.optimizer, network.param_groups(settings.unet_lr, settings.text_encoder_lr if train_te else None), settings.optimizer_args, on_cuda, progress)
-    lr_scheduler = build_scheduler(settings.lr_scheduler, optimizer, total_steps, settings.lr_warmup_ratio, settings.lr_scheduler_number)
+    # Accelerate steps a prepared scheduler once per process for each optimizer step, so count all of them.
+    lr_scheduler = build_scheduler(settings.lr_scheduler, optimizer, total_steps * accelerator.num_processes, settings.lr_warmup_ratio, settings.lr_scheduler_number)
     network, optimizer, lr_scheduler = accelerator.prepare(network, optimizer, lr_scheduler)
     raw_network = accelerator.unwrap_model(network)
 

@@ -73,6 +73,24 @@ def build_parser() -> argparse.ArgumentParser:
     dataset_action("trash", "list the trash batches", background=False)
     dataset_action("restore", "put a trash batch back", background=False).add_argument("batch", help="batch id from `dataset trash`")
 
+    scrape = sub.add_parser("scrape", parents=[common], help="download images from Gelbooru, Safebooru or Danbooru into the dataset")
+    scrape.add_argument("name", help="project name")
+    scrape.add_argument("--tags", help='tags as on the site, e.g. "1girl solo -sex score:>10" (default: the last search of this project)')
+    scrape.add_argument("--site", choices=["gelbooru", "safebooru", "danbooru"], help="which booru (default: gelbooru, or this project's last)")
+    scrape.add_argument("--limit", type=int, help="at most this many images (default 1000)")
+    scrape.add_argument("--api-key", help="Gelbooru/Danbooru API key (Gelbooru: account options page)")
+    scrape.add_argument("--user-id", help="Gelbooru numeric user id (account options page)")
+    scrape.add_argument("--login", help="Danbooru user name")
+    scrape.add_argument("--remember", action="store_true", help="store the key in your settings file (readable only by you) for later runs")
+    scrape.add_argument("--base-url", help="another address for the site (a mirror)")
+    scrape.add_argument("--max-resolution", type=int, help="use the sample image above this many pixels squared (default 3072)")
+    scrape.add_argument("--no-parents", action="store_true", help="skip posts that have a parent post")
+    scrape.add_argument("--webp", action="store_true", help="also keep .webp images")
+    scrape.add_argument("--write-tags", action="store_true", help="write the booru tags as captions where there are none")
+    scrape.add_argument("--yes", action="store_true", help="download without asking (needed when not run in a terminal)")
+    scrape.add_argument("--background", action="store_true", help="run as a background job and print its id")
+    scrape.set_defaults(handler=cmd_scrape)
+
     train = sub.add_parser("train", parents=[common], help="train a LoRA with the guide's settings (saved in the project)")
     train.add_argument("name", nargs="?", help="project name")
     train.add_argument("--config", metavar="FILE.toml", help="settings file: a [train] section or plain keys (also kohya-style names the tool knows)")
@@ -201,6 +219,45 @@ def run_engine_function(project, kind: str, func: str, title: str, kwargs: dict[
     elif result is not None:
         print(json.dumps(jobs.to_jsonable(result), indent=1))
     return 0
+
+
+def cmd_scrape(args: argparse.Namespace) -> int:
+    from lora_gradio.engine import scrape_run
+    from lora_gradio.engine.settings_model import to_dict, validate
+
+    project = _projects(args).open(args.name)
+    stored = to_dict(scrape_run.load_scrape_settings(project))
+    given = {
+        "tags": args.tags, "site": args.site, "limit": args.limit, "base_url": args.base_url, "max_resolution": args.max_resolution,
+        "skip_parents": True if args.no_parents else None, "allow_webp": True if args.webp else None, "write_tags": True if args.write_tags else None,
+    }
+    settings = validate(scrape_run.ScrapeSettings, {**stored, **{k: v for k, v in given.items() if v is not None}}, where="scrape: ")
+    credentials = {k: v for k, v in (("api_key", args.api_key), ("user_id", args.user_id), ("login", args.login)) if v} or None
+    if credentials and args.remember:
+        from lora_gradio.engine.scrape import save_credentials
+
+        save_credentials(settings.site, **credentials)
+        print(f"Saved the {settings.site} credentials in your settings file (readable only by you).", file=sys.stderr)
+    found = scrape_run.preview_search(settings, credentials)
+    count = found["count"]
+    print(f"{settings.site}: {'an unknown number of' if count is None else f'{count:,}'} posts for '{settings.tags}' (see them: {found['browser_url']})", file=sys.stderr)
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise UserError("Not asking in a script: add --yes to download.")
+        answer = input(f"Download up to {settings.limit} of them into {project.dataset_dir}? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("Nothing downloaded.", file=sys.stderr)
+            return 0
+    scrape_run.save_scrape_settings(project, settings)
+    kwargs = {"settings": to_dict(settings)}
+    if args.background:
+        from lora_gradio.engine import jobs
+
+        job = jobs.start_job(project, "scrape", "lora_gradio.engine.scrape_run:scrape_project", kwargs, title="Download images", secret_env=scrape_run.credentials_env(credentials))
+        print(job.id)
+        print(f"Started the download as job {job.id}: follow it with `jobs show {project.base} {job.id} --follow`.", file=sys.stderr)
+        return 0
+    return run_engine_function(project, "scrape", "lora_gradio.engine.scrape_run:scrape_project", "Download images", {**kwargs, "credentials": credentials}, background=False)
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -47,3 +47,16 @@ def test_unknown_batch(project):
         restore(project, "nope")
     with pytest.raises(UserError, match="not a trash batch"):
         restore(project, "../x")
+
+
+def test_atomic_writes_get_normal_permissions(tmp_path):
+    import os
+
+    from lora_gradio.engine.fsutil import atomic_write_text
+
+    target = tmp_path / "caption.txt"
+    atomic_write_text(target, "1girl")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+    assert [p.name for p in tmp_path.iterdir()] == ["caption.txt"]

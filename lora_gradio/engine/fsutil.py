@@ -7,7 +7,6 @@ import datetime as _dt
 import os
 import secrets
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -21,15 +20,26 @@ def atomic_path(target: Path) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _new_temp_file(target)
     try:
         yield tmp_path
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _new_temp_file(target: Path) -> Path:
+    """An empty hidden file beside `target`, with the usual permissions (mkstemp's 0600 would
+    stick to the final file and hide LoRAs and captions from other users of the machine)."""
+    for _ in range(100):
+        candidate = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(candidate, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            return candidate
+        except FileExistsError:
+            continue
+    raise OSError(f"cannot create a temporary file beside {target}")
 
 
 def atomic_write_bytes(target: Path, data: bytes) -> None:

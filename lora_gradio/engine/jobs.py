@@ -110,11 +110,12 @@ class JobStatus:
 # Starting ---------------------------------------------------------------------------------------
 
 
-def start_job(project: Project, kind: str, func: str, kwargs: "dict[str, Any] | None" = None, title: str = "") -> Job:
+def start_job(project: Project, kind: str, func: str, kwargs: "dict[str, Any] | None" = None, title: str = "", secret_env: "dict[str, str] | None" = None) -> Job:
     """Run the engine function `func` ("module:function") as a job on `project`.
 
     The function is called as ``func(project, **kwargs, progress=...)`` in a new process.
-    Only one job of a kind runs per project at a time.
+    Only one job of a kind runs per project at a time. `kwargs` are stored in the job's folder;
+    secrets (API keys) go in `secret_env` instead, which only the job's process sees.
     """
     resolve_function(func)  # fail now, in the caller, if the function does not exist
     running = active_job(project, kind)
@@ -134,15 +135,15 @@ def start_job(project: Project, kind: str, func: str, kwargs: "dict[str, Any] | 
         folder=folder,
     )
     job.save()
-    job.pid = _spawn_detached(folder)
+    job.pid = _spawn_detached(folder, secret_env or {})
     job.save()
     return job
 
 
-def _spawn_detached(folder: Path) -> int:
+def _spawn_detached(folder: Path, extra_env: "dict[str, str]") -> int:
     """Start the runner for `folder` so it outlives this process; return its pid."""
     cmd = [sys.executable, "-m", "lora_gradio.engine.jobs", "run", str(folder)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **extra_env}
     if os.name == "nt":  # pragma: no cover - exercised on Windows only
         flags = subprocess.DETACHED_PROCESS | subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
         with open(folder / "log.txt", "ab") as log:

@@ -1,5 +1,5 @@
-"""The Dataset tab. Issue 2 brings the guide's "extras": add images, count, check, convert,
-shrink, clean and the trash; later stages (scrape, dedupe, tag, curate) join as blocks here."""
+"""The Dataset tab: gather images from a booru (scrape_block.py), add uploads, and the guide's
+"extras" (count, check, convert, shrink, clean, trash). De-duplication and tagging join here."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from lora_gradio.engine.project import Projects
 from lora_gradio.ui import compat
 from lora_gradio.ui.common import escape, ok, open_project, shown_errors, warn
 from lora_gradio.ui.compat import gr
+from lora_gradio.ui.scrape_block import build_scrape_block
 
 COUNT_HEADERS = ["folder", "images", "captions", "images without caption", "captions without image", "other files"]
 TRASH_HEADERS = ["batch", "why", "when", "files"]
@@ -51,6 +52,7 @@ def trash_table(projects: Projects, project_name: "str | None"):
 
 
 def build_dataset_tab(blocks: "gr.Blocks", projects: Projects, project_dropdown: "gr.Dropdown") -> None:
+    build_scrape_block(projects, project_dropdown)
     with gr.Accordion("Add images", open=True):
         gr.Markdown("Upload images or a `.zip` of them (captions `.txt` with the same name come along). Nothing in the dataset is overwritten: a name that exists gets a number.")
         uploads = gr.File(label="Images or .zip", file_count="multiple", file_types=["image", ".zip", ".txt"], elem_id="lg-upload")

@@ -122,3 +122,32 @@ def test_create_project_upload_count_and_reattach(app, browser, tmp_path):
         jobs.cancel_job(job, force_after_s=10)
     assert jobs.job_status(job).state == jobs.CANCELLED
     page.close()
+
+
+def test_scrape_search_then_download_from_the_page(app, browser, tmp_path):
+    from tests.booru_server import BooruServer
+
+    Projects(app.root).create("booru_char")
+    with BooruServer(n_posts=40) as booru:
+        page = browser.new_page(viewport={"width": 1280, "height": 1400})
+        page.goto(app.url)
+        page.wait_for_selector("#lg-scrape-search", timeout=30_000)
+        page.locator("#lg-scrape-site input").first.click()
+        page.locator("ul[role=listbox] li:has-text('safebooru'), .options li:has-text('safebooru')").first.click()
+        textbox(page, "lg-scrape-tags").fill("fake_tag")
+        textbox(page, "lg-scrape-limit").fill("12")
+        page.get_by_text("Options", exact=True).first.click()
+        textbox(page, "lg-scrape-mirror").fill(booru.safebooru_url)
+        page.click("#lg-scrape-search")
+        page.wait_for_selector("#lg-scrape-found:has-text('posts')", timeout=30_000)
+        found = page.locator("#lg-scrape-found").inner_text()
+        assert "match" in found
+        page.wait_for_function("document.querySelectorAll('#lg-scrape-found img').length > 0", timeout=15_000)
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / f"scrape-{app.label}.png"), full_page=True)
+        page.click("#lg-scrape-download")
+        page.wait_for_selector("#lg-job[data-state='done']:has-text('Download images')", timeout=60_000)
+        project = Projects(app.root).open("booru_char")
+        images = [p for p in project.dataset_dir.iterdir() if p.suffix in (".png", ".jpg", ".jpeg")]
+        assert len(images) == 12
+        page.close()

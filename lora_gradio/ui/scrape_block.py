@@ -27,12 +27,12 @@ def render_previews(found: dict) -> str:
     count = found["count"]
     shown = "an unknown number of" if count is None else f"{count:,}"
     images = "".join(
-        f"<a href='{escape(p.post_url)}' target='_blank'><img src='{escape(p.preview_url)}' style='height:120px;margin:2px;border-radius:4px' loading='lazy'></a>"
+        f"<a href='{escape(p.post_url)}' target='_blank'><img src='{escape(p.preview_url)}' style='height:120px;width:auto;margin:0;border-radius:4px;display:block' loading='lazy'></a>"
         for p in found["previews"] if p.preview_url
     )
     return (
         f"<div id='lg-scrape-found'><b>{shown} posts</b> match. <a href='{escape(found['browser_url'])}' target='_blank'>See the same search on the site</a>."
-        f"<div style='margin-top:6px'>{images}</div></div>"
+        f"<div style='margin-top:6px;display:flex;flex-wrap:wrap;gap:4px'>{images}</div></div>"
     )
 
 
@@ -42,7 +42,7 @@ def build_scrape_block(projects: Projects, project_dropdown: "gr.Dropdown") -> N
 
     defaults = ScrapeSettings()  # the settings model is the one source of defaults and help
     info = field_infos(ScrapeSettings)
-    with gr.Accordion("Gather images from a booru", open=False):
+    with gr.Accordion("Gather images from a booru", open=True):
         gr.Markdown("Search Gelbooru, Safebooru or Danbooru with tags as you would on the site, look at the result, then download. Running it again gets only what is missing.")
         with gr.Row():
             site = gr.Dropdown(SITES, value=defaults.site, label="Site", info=info["site"].description, elem_id="lg-scrape-site")
@@ -54,7 +54,7 @@ def build_scrape_block(projects: Projects, project_dropdown: "gr.Dropdown") -> N
                 skip_parents = gr.Checkbox(value=defaults.skip_parents, label="Skip posts with a parent", info=info["skip_parents"].description)
                 allow_webp = gr.Checkbox(value=defaults.allow_webp, label="Keep .webp too")
                 write_tags = gr.Checkbox(value=defaults.write_tags, label="Booru tags as captions", info=info["write_tags"].description)
-            base_url = gr.Textbox(label="Mirror address (optional)", placeholder="https://...", info=info["base_url"].description)
+            base_url = gr.Textbox(label="Mirror address (optional)", placeholder="https://...", info=info["base_url"].description, elem_id="lg-scrape-mirror")
         with gr.Accordion("Login (Gelbooru: API key + user id; Danbooru: login + API key)", open=False):
             gr.Markdown("Gelbooru answers every search without an API key and user id with HTTP 401 since 2025. Both are on your account's options page: https://gelbooru.com/index.php?page=account&s=options")
             with gr.Row():

@@ -1,6 +1,7 @@
 """How fast `download_all` fetches a scrape's images: 1000 JPEGs from a local server with added latency.
 
     python benchmarks/scrape_speed.py [--images 1000] [--latency-ms 50] [--workers 16]
+    python benchmarks/scrape_speed.py --whole-scrape   # search + list + download + records, via the local booru
 
 The server runs in a child process (stdlib http.server, one thread per connection, HTTP/1.1
 keep-alive) so its Python work does not share a GIL with the downloader being measured. It
@@ -95,12 +96,31 @@ class CountProgress(Progress):
         self.last = {"done": done, "total": total, **data}
 
 
+def whole_scrape(count: int, latency_s: float) -> int:
+    """`scrape_project` end to end: Safebooru pages of 100, the URL list, 1000 downloads, the records."""
+    from lora_gradio.engine.project import Projects
+    from lora_gradio.engine.scrape_run import scrape_project
+    from tests.booru_server import BooruServer
+
+    with BooruServer(n_posts=int(count * 1.3), latency=latency_s) as booru, tempfile.TemporaryDirectory() as tmp:
+        project = Projects(Path(tmp) / "Loras").create("bench")
+        start = time.perf_counter()
+        report = scrape_project(project, {"site": "safebooru", "tags": "fake_tag", "limit": count, "base_url": booru.safebooru_url})
+        elapsed = time.perf_counter() - start
+    print(f"whole scrape of {count} images, {latency_s * 1000:g} ms latency per request: {elapsed:.2f} s ({count / elapsed:.1f} images/s)")
+    print(report.summary())
+    return 0 if report.downloaded == count else 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--latency-ms", type=float, default=50)
     parser.add_argument("--workers", type=int, default=16)
+    parser.add_argument("--whole-scrape", action="store_true", help="time the whole scrape step against tests/booru_server.py (small images)")
     args = parser.parse_args()
+    if args.whole_scrape:
+        return whole_scrape(args.images, args.latency_ms / 1000)
 
     print(f"making {args.images} JPEGs and starting the server ...", flush=True)
     server, url, total_bytes = start_server(args.images, args.latency_ms / 1000)

@@ -20,7 +20,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass, field, replace
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 from urllib.parse import urlencode, urlsplit
 
 import requests
@@ -141,6 +141,25 @@ def make_session() -> requests.Session:
     session.headers["User-Agent"] = USER_AGENT
     session.hooks["response"].append(_refuse_odd_redirects)
     return session
+
+
+class _Cursor:
+    """Where a paged search is: how many posts were given and the lowest id seen (for id:< paging)."""
+
+    def __init__(self, limit: "int | None"):
+        self.limit, self.given, self.lowest_id = limit, 0, None
+
+    @property
+    def full(self) -> bool:
+        return self.limit is not None and self.given >= self.limit
+
+    def take(self, posts: Iterable["Post"]) -> Iterator["Post"]:
+        for post in posts:
+            if self.full:
+                return
+            self.lowest_id = post.id if self.lowest_id is None else min(self.lowest_id, post.id)
+            self.given += 1
+            yield post
 
 
 class BooruClient:
@@ -401,26 +420,21 @@ class GelbooruClient(BooruClient):
     def posts(self, tags: str, limit: "int | None" = None, progress: "Progress | None" = None) -> Iterator[Post]:
         progress = progress or Progress()
         page_size = self.page_size if limit is None else max(1, min(self.page_size, limit))
-        query, pid, given, lowest_id = tags, 0, 0, None
-        while limit is None or given < limit:
+        query, pid, cursor = tags, 0, _Cursor(limit)
+        while not cursor.full:
             if (pid + 1) * page_size > self.deep_limit:
                 # The API stops serving ~20,000 deep: carry on below the lowest id seen, from page 0.
+                lowest_id = cursor.lowest_id
                 if lowest_id is None or "sort:" in tags.lower():
                     progress.log(f"{self.name} serves at most {self.deep_limit} posts for a sorted search; stopping there.")
                     return
                 query, pid = f"{tags} id:<{lowest_id}".strip(), 0
                 progress.log(f"{self.name}: past {self.deep_limit} posts, continuing with id:<{lowest_id}")
-            if given and self.page_delay:
+            if cursor.given and self.page_delay:
                 self._pause(self.page_delay, progress)
             items = self._page(query, pid, page_size, progress)
-            for item in items:
-                post = self._post(item)
-                lowest_id = post.id if lowest_id is None else min(lowest_id, post.id)
-                yield post
-                given += 1
-                if limit is not None and given >= limit:
-                    return
-            if len(items) < page_size:
+            yield from cursor.take(self._post(item) for item in items)
+            if cursor.full or len(items) < page_size:
                 return
             pid += 1
 
@@ -521,15 +535,15 @@ class DanbooruClient(BooruClient):
         progress = progress or Progress()
         page_size = self.page_size if limit is None else max(1, min(self.page_size, limit))
         page: "int | str" = 1
-        given, lowest_id = 0, None
-        while limit is None or given < limit:
+        cursor = _Cursor(limit)
+        while not cursor.full:
             if isinstance(page, int) and page > self.max_page:
-                if lowest_id is None or "order:" in tags.lower():
+                if cursor.lowest_id is None or "order:" in tags.lower():
                     progress.log(f"{self.name} serves at most {self.max_page} pages for an ordered search; stopping there.")
                     return
-                progress.log(f"{self.name}: past page {self.max_page}, continuing below id {lowest_id}")
-                page = f"b{lowest_id}"
-            if given and self.page_delay:
+                progress.log(f"{self.name}: past page {self.max_page}, continuing below id {cursor.lowest_id}")
+                page = f"b{cursor.lowest_id}"
+            if cursor.given and self.page_delay:
                 self._pause(self.page_delay, progress)
             response = self._get("/posts.json", {"tags": tags, "limit": page_size, "page": page}, tags, progress)
             data = self._json(response)
@@ -540,15 +554,11 @@ class DanbooruClient(BooruClient):
             # Pages can come back short (posts hidden from this account), so only an empty page ends.
             if not data:
                 return
-            for item in data:
-                post = self._post(item)
-                lowest_id = post.id if lowest_id is None else min(lowest_id, post.id)
-                yield post
-                given += 1
-                if limit is not None and given >= limit:
-                    return
+            yield from cursor.take(self._post(item) for item in data)
+            if cursor.full:
+                return
             # Numbered pages until the limit, then always "the posts below the lowest id so far".
-            page = page + 1 if isinstance(page, int) else f"b{lowest_id}"
+            page = page + 1 if isinstance(page, int) else f"b{cursor.lowest_id}"
 
 
 CLIENTS: dict[str, type[BooruClient]] = {"gelbooru": GelbooruClient, "safebooru": SafebooruClient, "danbooru": DanbooruClient}

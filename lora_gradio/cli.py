@@ -91,6 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
     scrape.add_argument("--background", action="store_true", help="run as a background job and print its id")
     scrape.set_defaults(handler=cmd_scrape)
 
+    dedupe = sub.add_parser("dedupe", parents=[common], help="find exact and near-duplicate images; --apply moves the marked ones to the trash")
+    dedupe.add_argument("name", help="project name")
+    dedupe.add_argument("--threshold", type=float, default=0.985, help="CLIP cosine similarity for near-duplicates (guide: 0.97 to 0.99; default 0.985)")
+    dedupe.add_argument("--model", default="openai/clip-vit-base-patch32", help="CLIP model: a Hugging Face repo id or a local folder")
+    dedupe.add_argument("--apply", action="store_true", help="move the marked images (and their captions) to the project's trash")
+    dedupe.add_argument("--apply-saved", action="store_true", help="move the marks of the last search (as edited on the page) to the trash, without searching again")
+    dedupe.add_argument("--background", action="store_true", help="run the search as a background job and print its id")
+    dedupe.set_defaults(handler=cmd_dedupe)
+
     train = sub.add_parser("train", parents=[common], help="train a LoRA with the guide's settings (saved in the project)")
     train.add_argument("name", nargs="?", help="project name")
     train.add_argument("--config", metavar="FILE.toml", help="settings file: a [train] section or plain keys (also kohya-style names the tool knows)")
@@ -258,6 +267,35 @@ def cmd_scrape(args: argparse.Namespace) -> int:
         print(f"Started the download as job {job.id}: follow it with `jobs show {project.base} {job.id} --follow`.", file=sys.stderr)
         return 0
     return run_engine_function(project, "scrape", "lora_gradio.engine.scrape_run:scrape_project", "Download images", {**kwargs, "credentials": credentials}, background=False)
+
+
+def cmd_dedupe(args: argparse.Namespace) -> int:
+    project = _projects(args).open(args.name)
+    if not 0.0 <= args.threshold <= 1.0:
+        raise UserError(f"--threshold {args.threshold} is not a similarity: use a number from 0 to 1 (the guide: 0.97 to 0.99).")
+    from lora_gradio.engine.dedupe import apply_marks, find_duplicates
+
+    if args.apply_saved:
+        print(apply_marks(project).summary())
+        return 0
+    kwargs = {"threshold": args.threshold, "model": args.model}
+    if args.background:
+        return run_engine_function(project, "dedupe", "lora_gradio.engine.dedupe:find_duplicates", "Find duplicates", kwargs, background=True)
+    from lora_gradio.engine.progress import PrintProgress
+
+    result = find_duplicates(project, **kwargs, progress=PrintProgress())
+    for index, group in enumerate(result.groups, start=1):
+        print(f"group {index}:")
+        for rel in group:
+            print(f"  {'remove' if rel in result.marked else 'keep  '}  {rel}")
+    for rel, reason in result.unreadable:
+        print(f"unreadable: {rel}: {reason}", file=sys.stderr)
+    print(result.summary())
+    if args.apply:
+        print(apply_marks(project).summary())
+    elif result.marked:
+        print(f"Run again with --apply to move the {len(result.marked)} marked image(s) to the trash (restorable).")
+    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -41,7 +41,9 @@ def browser():
 @pytest.fixture(params=list(_pythons()))
 def app(request, tmp_path):
     assert Path(request.param).exists(), f"{request.param} is missing: run the test set-up from README.md"
-    server = AppServer(request.param, tmp_path / "Loras")
+    # The WebUI's Gradio 3 environment here has no torch: its jobs run in the main environment,
+    # the way a WebUI install can keep training packages in an environment of their own.
+    server = AppServer(request.param, tmp_path / "Loras", env={"LORA_GRADIO_JOB_PYTHON": sys.executable})
     server.label = request.node.callspec.id
     yield server
     log = server.stop()
@@ -151,3 +153,49 @@ def test_scrape_search_then_download_from_the_page(app, browser, tmp_path):
         images = [p for p in project.dataset_dir.iterdir() if p.suffix in (".png", ".jpg", ".jpeg")]
         assert len(images) == 12
         page.close()
+
+
+def test_dedupe_grid_mark_and_apply(app, browser, tmp_path):
+    import shutil
+
+    from tests.tiny_clip import build_tiny_clip
+
+    clip = build_tiny_clip(tmp_path / "clip")
+    project = Projects(app.root).create("dupes")
+    for i, colour in enumerate([(200, 20, 20), (20, 200, 20), (20, 20, 200)]):
+        make_image(project.dataset_dir / f"{i}.png", size=(96, 80), colour=colour)
+    shutil.copy(project.dataset_dir / "0.png", project.dataset_dir / "0_copy.png")
+    (project.dataset_dir / "0_copy.txt").write_text("copy caption")
+    page = browser.new_page(viewport={"width": 1280, "height": 1400})
+    page.goto(app.url)
+    page.locator("#lg-dedupe .label-wrap").first.click()  # open the accordion
+    page.wait_for_selector("#lg-dedupe-run", timeout=30_000)
+    textbox(page, "lg-dedupe-model").fill(clip)
+    page.click("#lg-dedupe-run")
+    try:
+        page.wait_for_selector("#lg-job[data-state='done']:has-text('Find duplicates')", timeout=60_000)
+    except Exception:
+        print("job panel:", page.locator("#lg-job-panel").first.inner_text(), "| message:", page.locator("#lg-dedupe-summary").first.inner_text())
+        page.screenshot(path=str(ARTIFACTS / f"dedupe-failed-{app.label}.png"), full_page=True)
+        raise
+    page.click("#lg-dedupe-refresh")
+    try:
+        page.wait_for_selector("#lg-dedupe-summary:has-text('1 marked')", timeout=20_000)
+    except Exception:
+        print("summary:", page.locator("#lg-dedupe-summary").first.inner_text())
+        page.screenshot(path=str(ARTIFACTS / f"dedupe-failed-{app.label}.png"), full_page=True)
+        raise
+    thumbs = page.locator("#lg-dedupe-grid img")
+    page.wait_for_function("document.querySelectorAll('#lg-dedupe-grid img').length >= 2", timeout=20_000)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"dedupe-{app.label}.png"), full_page=True)
+    # Mark the kept original instead of its copy: click it (marked), then the copy (unmarked).
+    thumbs.nth(0).click()
+    page.wait_for_selector("#lg-dedupe-summary:has-text('2 marked')", timeout=20_000)
+    page.locator("#lg-dedupe-grid img").nth(1).click()
+    page.wait_for_selector("#lg-dedupe-summary:has-text('1 marked')", timeout=20_000)
+    page.click("#lg-dedupe-apply")
+    page.wait_for_selector("#lg-dedupe-summary:has-text('trash')", timeout=20_000)
+    left = sorted(p.name for p in project.dataset_dir.iterdir())
+    assert left == ["0_copy.png", "0_copy.txt", "1.png", "2.png"]  # the original went to the trash
+    page.close()

@@ -140,9 +140,18 @@ def start_job(project: Project, kind: str, func: str, kwargs: "dict[str, Any] | 
     return job
 
 
+# Jobs may run under another Python than the page's: inside the WebUI, a separate environment
+# with the training packages keeps them from disturbing the WebUI's own pinned packages.
+JOB_PYTHON_ENV = "LORA_GRADIO_JOB_PYTHON"
+
+
+def job_python() -> str:
+    return os.environ.get(JOB_PYTHON_ENV) or sys.executable
+
+
 def _spawn_detached(folder: Path, extra_env: "dict[str, str]") -> int:
     """Start the runner for `folder` so it outlives this process; return its pid."""
-    cmd = [sys.executable, "-m", "lora_gradio.engine.jobs", "run", str(folder)]
+    cmd = [job_python(), "-m", "lora_gradio.engine.jobs", "run", str(folder)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **extra_env}
     if os.name == "nt":  # pragma: no cover - exercised on Windows only
         flags = subprocess.DETACHED_PROCESS | subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
@@ -151,7 +160,7 @@ def _spawn_detached(folder: Path, extra_env: "dict[str, str]") -> int:
         return proc.pid
     # POSIX: a short-lived launcher starts the runner in a new session and exits, so the runner
     # is re-parented to init (no zombie in our process, no SIGHUP when the page's terminal closes).
-    launcher = [sys.executable, "-m", "lora_gradio.engine.jobs", "launch", str(folder)]
+    launcher = [job_python(), "-m", "lora_gradio.engine.jobs", "launch", str(folder)]
     out = subprocess.run(launcher, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, check=True)
     return int(out.stdout.strip())
 
@@ -245,9 +254,11 @@ def to_jsonable(value: Any) -> Any:
 
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         value = dataclasses.asdict(value)
+    def plain(obj: Any) -> Any:  # sets (e.g. marked files) become sorted lists, the rest text
+        return sorted(obj, key=str) if isinstance(obj, (set, frozenset)) else str(obj)
+
     try:
-        json.dumps(value, default=str)
-        return json.loads(json.dumps(value, default=str))
+        return json.loads(json.dumps(value, default=plain))
     except (TypeError, ValueError):
         return str(value)
 

@@ -60,3 +60,22 @@ class PrintProgress(Progress):
 
     def log(self, message: str) -> None:
         print(message, file=self.stream, flush=True)
+
+
+def quiet_ml_libraries() -> None:
+    """Keep a job's log to what the person needs: no per-file progress bars or advice meant for
+    library developers from diffusers and transformers (call after importing torch)."""
+    import warnings
+
+    try:
+        import diffusers
+
+        diffusers.utils.logging.set_verbosity_error()
+        diffusers.utils.logging.disable_progress_bar()
+    except ImportError:
+        pass
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning, module="diffusers")

@@ -98,6 +98,12 @@ def gradio_upload_dir() -> Path:
     return Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio").resolve()
 
 
+def gallery_update(items: list) -> Any:
+    """New gallery contents with no image selected, so clicking the same image again fires
+    `.select` again (Gradio 3.41 has no `selected_index` and keeps the old selection)."""
+    return gr.update(value=items, selected_index=None) if GRADIO_MAJOR >= 4 else gr.update(value=items)
+
+
 def uploaded_paths(value: Any) -> list[str]:
     """Server paths of the files in a raw `gr.File` value, each checked to be a Gradio upload.
 

@@ -8,6 +8,7 @@ from lora_gradio.engine.project import Projects
 from lora_gradio.ui import compat
 from lora_gradio.ui.common import escape, ok, open_project, shown_errors, warn
 from lora_gradio.ui.compat import gr
+from lora_gradio.ui.dedupe_block import build_dedupe_block
 from lora_gradio.ui.scrape_block import build_scrape_block
 
 COUNT_HEADERS = ["folder", "images", "captions", "images without caption", "captions without image", "other files"]
@@ -53,6 +54,7 @@ def trash_table(projects: Projects, project_name: "str | None"):
 
 def build_dataset_tab(blocks: "gr.Blocks", projects: Projects, project_dropdown: "gr.Dropdown") -> None:
     build_scrape_block(projects, project_dropdown)
+    build_dedupe_block(projects, project_dropdown)
     with gr.Accordion("Add images", open=True):
         gr.Markdown("Upload images or a `.zip` of them (captions `.txt` with the same name come along). Nothing in the dataset is overwritten: a name that exists gets a number.")
         uploads = gr.File(label="Images or .zip", file_count="multiple", file_types=["image", ".zip", ".txt"], elem_id="lg-upload")

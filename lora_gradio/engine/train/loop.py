@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lora_gradio.engine.errors import Cancelled, UserError
-from lora_gradio.engine.progress import Progress
+from lora_gradio.engine.progress import Progress, quiet_ml_libraries
 from lora_gradio.engine.project import Project
 from lora_gradio.engine.train import config as cfg
 from lora_gradio.engine.train.steps import FolderPlan, StepPlan, check_step_limit, plan_steps
@@ -225,7 +225,7 @@ def _run(project: Project, settings: cfg.TrainSettings, dataset: Any, plan: Step
     from lora_gradio.engine.train.optim import build_optimizer, build_scheduler
     from lora_gradio.engine.train.saving import epoch_file_name, prune_epochs, save_lora
 
-    _quiet_libraries()
+    quiet_ml_libraries()
     on_cuda = torch.cuda.is_available()
     precision = _mixed_precision(settings, on_cuda)
     accelerator = Accelerator(mixed_precision=precision, cpu=not on_cuda)
@@ -373,20 +373,6 @@ def _run(project: Project, settings: cfg.TrainSettings, dataset: Any, plan: Step
 def _learning_rates(optimizer: Any) -> dict[str, float]:
     """The current rate of each part, e.g. {"lr_unet": 4.9e-4, "lr_text_encoder": 9.8e-5}."""
     return {f"lr_{group.get('name', index)}": float(f"{group['lr']:.3g}") for index, group in enumerate(optimizer.param_groups)}
-
-
-def _quiet_libraries() -> None:
-    """Keep a job's log to what the person needs: no per-file progress bars or advice meant for library developers."""
-    import warnings
-
-    import diffusers
-    import transformers
-
-    diffusers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", category=FutureWarning, module="diffusers")
 
 
 def _shard(batches: list, accelerator: Any) -> list:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from lora_gradio.engine import dedupe
+from lora_gradio.engine import dedupe, fiftyone_app
 from lora_gradio.engine.errors import UserError
 from lora_gradio.engine.trash import list_trash, restore
 from tests.tiny_clip import build_tiny_clip
@@ -289,11 +289,11 @@ def test_bad_threshold_is_a_user_error(dataset, tiny_clip):
 
 
 def test_fiftyone_not_installed_explains_how_to_add_it(project, monkeypatch):
-    monkeypatch.setattr(dedupe, "fiftyone_available", lambda: False)
-    for call in (lambda: dedupe.open_in_fiftyone(project), lambda: dedupe.apply_fiftyone_marks(project)):
+    monkeypatch.setattr(fiftyone_app, "fiftyone_available", lambda: False)
+    for call in (lambda: fiftyone_app.open_in_fiftyone(project), lambda: fiftyone_app.apply_fiftyone_marks(project)):
         with pytest.raises(UserError, match=r'pip install "lora_gradio\[fiftyone\]"'):
             call()
-    dedupe.close_fiftyone()  # nothing open: a no-op
+    fiftyone_app.close_fiftyone()  # nothing open: a no-op
 
 
 def test_module_import_is_light():
@@ -302,7 +302,7 @@ def test_module_import_is_light():
     assert out == "[]"
 
 
-@pytest.mark.skipif(not dedupe.fiftyone_available(), reason="FiftyOne is optional and not installed")
+@pytest.mark.skipif(not fiftyone_app.fiftyone_available(), reason="FiftyOne is optional and not installed")
 def test_fiftyone_round_trip(project):
     """With a real FiftyOne (and its MongoDB): marks go out as `delete` tags and come back."""
     import urllib.request
@@ -313,10 +313,10 @@ def test_fiftyone_round_trip(project):
     result = dedupe.DedupeResult(threshold=0.985, model="test", images=["0.png", "1.png", "2.png", "3.png"], groups=[["0.png", "3.png"]], scores=[[1.0, 1.0]], marked={"3.png"})
     dedupe.save_result(project, result)
     try:
-        url = dedupe.open_in_fiftyone(project, port=5161)
+        url = fiftyone_app.open_in_fiftyone(project, port=5161)
         import fiftyone as fo
 
-        dataset = fo.load_dataset(dedupe.fiftyone_dataset_name(project))
+        dataset = fo.load_dataset(fiftyone_app.fiftyone_dataset_name(project))
         tags = dict(zip(dataset.values("dedupe_path"), dataset.values("tags")))
         assert tags == {"0.png": ["has_duplicates"], "3.png": ["delete"], "1.png": [], "2.png": []}
         assert dataset.values("dup_group") == [0, 0, None, None]  # groups first, side by side
@@ -333,14 +333,14 @@ def test_fiftyone_round_trip(project):
         # The person retags in the App: as another client of the database would.
         for sample in dataset.iter_samples(autosave=True):
             sample.tags = ["delete"] if sample["dedupe_path"] in ("1.png", "2.png") else []
-        assert dedupe.apply_fiftyone_marks(project).marked == {"1.png", "2.png"}
+        assert fiftyone_app.apply_fiftyone_marks(project).marked == {"1.png", "2.png"}
         assert dedupe.load_result(project).marked == {"1.png", "2.png"}
     finally:
-        dedupe.close_fiftyone()
+        fiftyone_app.close_fiftyone()
         import fiftyone as fo
 
-        if fo.dataset_exists(dedupe.fiftyone_dataset_name(project)):
-            fo.delete_dataset(dedupe.fiftyone_dataset_name(project))
+        if fo.dataset_exists(fiftyone_app.fiftyone_dataset_name(project)):
+            fo.delete_dataset(fiftyone_app.fiftyone_dataset_name(project))
 
 
 def test_cancel_keeps_the_embeddings_already_computed(dataset, tiny_clip, monkeypatch):

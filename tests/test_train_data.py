@@ -15,17 +15,16 @@ from lora_gradio.engine.errors import UserError
 from lora_gradio.engine.progress import Progress
 from lora_gradio.engine.train.data import (
     DatasetFolder,
-    LatentCache,
     collect_items,
-    encode_prompts,
     epoch_batches,
     load_image_tensor,
     make_bucket_resolutions,
     process_caption,
     read_image_size,
     steps_per_epoch,
-    tokenize_prompts,
 )
+from lora_gradio.engine.train.latents import LatentCache
+from lora_gradio.engine.train.prompts import encode_prompts, tokenize_prompts
 from tests.images_factory import make_image
 
 

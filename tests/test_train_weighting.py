@@ -17,7 +17,7 @@ def test_plain_captions_encode_exactly_as_unweighted(tmp_path):
     import torch
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from lora_gradio.engine.train.data import encode_prompts
+    from lora_gradio.engine.train.prompts import encode_prompts
     from tests.tiny_sd import build_tiny_sd
 
     folder = build_tiny_sd(tmp_path / "tiny")

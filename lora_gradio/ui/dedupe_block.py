@@ -104,14 +104,14 @@ def build_dedupe_block(projects: Projects, project_dropdown: "gr.Dropdown") -> N
 
     @shown_errors(1)
     def fiftyone_open(project_name):
-        from lora_gradio.engine.dedupe import open_in_fiftyone
+        from lora_gradio.engine.fiftyone_app import open_in_fiftyone
 
         url = open_in_fiftyone(open_project(projects, project_name))
         return ok(f"FiftyOne is running at [{escape(url)}]({escape(url)}): tag images `delete` there, then press **Apply FiftyOne marks**.")
 
     @shown_errors(3)
     def fiftyone_apply(project_name, which_value):
-        from lora_gradio.engine.dedupe import apply_fiftyone_marks
+        from lora_gradio.engine.fiftyone_app import apply_fiftyone_marks
 
         apply_fiftyone_marks(open_project(projects, project_name))
         return render(project_name, which_value)

@@ -220,6 +220,7 @@ def _run(project: Project, settings: cfg.TrainSettings, dataset: Any, plan: Step
 
     from lora_gradio.engine.train import data as data_mod
     from lora_gradio.engine.train.data import process_caption
+    from lora_gradio.engine.train.latents import LatentCache
     from lora_gradio.engine.train.models import load_base_model, resolve_source
     from lora_gradio.engine.train.network import create_network
     from lora_gradio.engine.train.optim import build_optimizer, build_scheduler
@@ -244,7 +245,7 @@ def _run(project: Project, settings: cfg.TrainSettings, dataset: Any, plan: Step
     # Latents once, then the VAE leaves the GPU.
     model.vae.to(device, dtype=torch.float32)
     cache_dir = project.config_dir / "_cache" / "latents" if settings.cache_latents_to_disk else None
-    cache = data_mod.LatentCache(model.vae, device=device, dtype=torch.float32, cache_dir=cache_dir, seed=settings.seed)
+    cache = LatentCache(model.vae, device=device, dtype=torch.float32, cache_dir=cache_dir, seed=settings.seed)
     with accelerator.main_process_first():
         for path, reason in cache.cache(dataset, progress=progress):
             progress.log(f"skipped {path.name}: {reason}")
@@ -409,7 +410,7 @@ def training_step(accelerator, model, network, latents, captions, is_reg, settin
     import torch
     import torch.nn.functional as F
 
-    from lora_gradio.engine.train.data import encode_prompts
+    from lora_gradio.engine.train.prompts import encode_prompts
     from lora_gradio.engine.train.weighting import encode_weighted_prompts
 
     encode = encode_weighted_prompts if settings.weighted_captions else encode_prompts

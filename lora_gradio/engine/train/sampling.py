@@ -59,7 +59,7 @@ def sample_images(model: Any, prompts: list[str], folder: Path, stem: str, resol
     import torch
     from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionPipeline
 
-    from lora_gradio.engine.train.data import encode_prompts
+    from lora_gradio.engine.train.prompts import encode_prompts
 
     scheduler = EulerAncestralDiscreteScheduler.from_config(model.noise_scheduler.config)
     pipe = StableDiffusionPipeline(

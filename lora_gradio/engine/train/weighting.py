@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any, Sequence
 
-from lora_gradio.engine.train.data import chunk_token_ids, encode_token_ids
+from lora_gradio.engine.train.prompts import chunk_token_ids, encode_token_ids
 
 _TOKEN = re.compile(r"\\[()\[\]\\]|\(|\[|:\s*([+-]?(?:\d+\.?\d*|\.\d+))\s*\)|\)|\]|[^\\()\[\]:]+|:|\\")
 UP, DOWN = 1.1, 1 / 1.1
@@ -78,7 +78,7 @@ def weighted_token_ids(tokenizer: Any, captions: Sequence[str], max_token_length
 
 
 def encode_weighted_prompts(tokenizer: Any, text_encoder: Any, captions: Sequence[str], max_token_length: int = 225, clip_skip: int = 2, device: Any = None):
-    """Like `data.encode_prompts`, with each token's state scaled by its caption weight."""
+    """Like `prompts.encode_prompts`, with each token's state scaled by its caption weight."""
     ids, weights = weighted_token_ids(tokenizer, captions, max_token_length)
     states = encode_token_ids(text_encoder, chunk_token_ids(tokenizer, ids, max_token_length), max_token_length, clip_skip, device)
     before = states.float().mean(dim=(-2, -1))

@@ -26,5 +26,9 @@ echo "== installing the Gradio 3.41.2 environment into .venv-gradio3"
 [ -x .venv-gradio3/bin/python ] || "$PYTHON" -m venv .venv-gradio3
 .venv-gradio3/bin/python -m pip install -q -r tests/gradio3-requirements.txt
 
+# A real FiftyOne with its database, in its own environment (it pins packages of its own).
+echo "== installing FiftyOne into .venv-fiftyone"
+bash tests/fiftyone-setup.sh
+
 echo "== running the tests"
 exec .venv/bin/python -m pytest "$@"

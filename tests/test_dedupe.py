@@ -379,3 +379,22 @@ def test_cli_prints_groups_and_applies(dataset, tiny_clip, capsys):
     assert cli_main(["--root", root, "dedupe", name, "--apply-saved"]) == 0
     assert "trash" in capsys.readouterr().out
     assert cli_main(["--root", root, "dedupe", name, "--threshold", "1.5"]) == 2
+
+
+FIFTYONE_PYTHON = Path(__file__).resolve().parents[1] / ".venv-fiftyone" / "bin" / "python"
+
+
+@pytest.mark.fiftyone
+def test_fiftyone_round_trip_in_its_own_environment():
+    """The round trip above, run where a real FiftyOne and its MongoDB are installed (tests/fiftyone-setup.sh)."""
+    if not FIFTYONE_PYTHON.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{FIFTYONE_PYTHON} is missing: tests/run.sh makes it")
+        pytest.skip("no FiftyOne environment: run tests/fiftyone-setup.sh")
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo), "FIFTYONE_DO_NOT_TRACK": "true"}
+    out = subprocess.run(
+        [str(FIFTYONE_PYTHON), "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_dedupe.py", "-k", "test_fiftyone_round_trip and not own_environment"],
+        cwd=repo, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert out.returncode == 0 and "1 passed" in out.stdout, out.stdout[-3000:] + out.stderr[-2000:]

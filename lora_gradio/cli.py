@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", parents=[common], help="train a LoRA with the guide's settings (saved in the project)")
     train.add_argument("name", nargs="?", help="project name")
-    train.add_argument("--config", metavar="FILE.toml", help="settings file: a [train] section or plain keys (also kohya-style names the tool knows)")
+    train.add_argument("--config", metavar="FILE.toml", help="settings file with this tool's keys, as a [train] section or at the top level")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="change one setting, e.g. --set num_repeats=5 (repeatable)")
     train.add_argument("--resume", action="store_true", help="continue the interrupted run of this project where it stopped")
     train.add_argument("--dry-run", action="store_true", help="check the settings and the dataset and print the step plan, without training")

@@ -293,7 +293,18 @@ def _reason(error: Exception) -> str:
 # Checking ----------------------------------------------------------------------------------------
 
 
-def check_images(project: Project, progress: Progress | None = None) -> list[tuple[Path, str]]:
+class Unreadable(list):
+    """(path, reason) of the images that do not decode, with a one-line summary for the job panel."""
+
+    checked: int = 0
+
+    def summary(self) -> str:
+        if not self:
+            return f"All {self.checked} images decode."
+        return f"{len(self)} of {self.checked} images cannot be read: {first_few([f'{p.name} ({why})' for p, why in self])}. Move them out with the trash or replace them."
+
+
+def check_images(project: Project, progress: Progress | None = None) -> Unreadable:
     """Decode every image; return the unreadable ones with a reason, sorted by path."""
     progress = progress or Progress()
     images = [p for p in _dataset_files(project) if is_image_file(p)]
@@ -302,7 +313,9 @@ def check_images(project: Project, progress: Progress | None = None) -> list[tup
         if error is not None:
             bad.append((path, _reason(error)))
             progress.log(f"unreadable {path.name}: {_reason(error)}")
-    return sorted(bad)
+    result = Unreadable(sorted(bad))
+    result.checked = len(images)
+    return result
 
 
 def _decode_only(path: Path) -> None:

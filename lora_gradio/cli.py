@@ -100,6 +100,20 @@ def build_parser() -> argparse.ArgumentParser:
     dedupe.add_argument("--background", action="store_true", help="run the search as a background job and print its id")
     dedupe.set_defaults(handler=cmd_dedupe)
 
+    tags = sub.add_parser("tags", parents=[common], help="curate the caption tags: activation tag, remove, search and replace, sort, dedupe, undo, top tags")
+    tags.add_argument("name", help="project name")
+    tags.add_argument("--activation", default="", help='tag(s) to put first in every caption, e.g. "my_character"')
+    tags.add_argument("--remove", default="", help='tags to remove from every caption, e.g. "solo, smile"')
+    tags.add_argument("--search", default="", help="tags to look for (see --mode)")
+    tags.add_argument("--replace", default="", help="tags that replace the searched ones (empty: just remove them)")
+    tags.add_argument("--mode", choices=["OR", "AND"], default="OR", help="OR: captions with any searched tag; AND: with all of them")
+    tags.add_argument("--new-as-activation", action="store_true", help="put the replacement tags first (they become activation tags)")
+    tags.add_argument("--sort", action="store_true", help="sort the tags alphabetically (activation tags stay first)")
+    tags.add_argument("--dedupe", action="store_true", help="remove tags repeated within a caption")
+    tags.add_argument("--top", type=int, default=None, metavar="N", help="print the N most common tags (after the edits)")
+    tags.add_argument("--undo", action="store_true", help="undo the last tag edit")
+    tags.set_defaults(handler=cmd_tags)
+
     train = sub.add_parser("train", parents=[common], help="train a LoRA with the guide's settings (saved in the project)")
     train.add_argument("name", nargs="?", help="project name")
     train.add_argument("--config", metavar="FILE.toml", help="settings file with this tool's keys, as a [train] section or at the top level")
@@ -295,6 +309,25 @@ def cmd_dedupe(args: argparse.Namespace) -> int:
         print(apply_marks(project).summary())
     elif result.marked:
         print(f"Run again with --apply to move the {len(result.marked)} marked image(s) to the trash (restorable).")
+    return 0
+
+
+def cmd_tags(args: argparse.Namespace) -> int:
+    from lora_gradio.engine import tags as tag_edits
+
+    project = _projects(args).open(args.name)
+    if args.undo:
+        print(tag_edits.undo(project).summary())
+        return 0
+    edits = any([args.activation, args.remove, args.search, args.replace, args.sort, args.dedupe])
+    if edits:
+        print(tag_edits.curate(
+            project, activation=args.activation, remove=args.remove, search=args.search, replace=args.replace,
+            mode=args.mode, new_as_activation=args.new_as_activation, sort=args.sort, dedupe=args.dedupe,
+        ).summary())
+    if args.top or not edits:
+        for tag, count in tag_edits.top_tags(project, args.top or 50):
+            print(f"{count:6d}  {tag}")
     return 0
 
 

@@ -100,6 +100,18 @@ def build_parser() -> argparse.ArgumentParser:
     dedupe.add_argument("--background", action="store_true", help="run the search as a background job and print its id")
     dedupe.set_defaults(handler=cmd_dedupe)
 
+    tag = sub.add_parser("tag", parents=[common], help="tag images with the WD tagger (anime) or caption them with BLIP (photos)")
+    tag.add_argument("name", help="project name")
+    tag.add_argument("--method", choices=["wd", "blip"], default="wd", help="wd: booru tags (anime); blip: a sentence (photos)")
+    tag.add_argument("--model", nargs="+", default=None, metavar="ID_OR_DIR", help="model repo id(s) or folder(s); two WD models: the second adds only new tags (the notebook's way)")
+    tag.add_argument("--threshold", type=float, default=0.35, help="WD: confidence for general tags (default 0.35; the notebook uses 0.25)")
+    tag.add_argument("--character-threshold", type=float, default=None, help="WD: confidence for character names (off unless given; 0.85 is common)")
+    tag.add_argument("--blacklist", default=None, help='WD: tags never written, e.g. "virtual youtuber, parody" (default: the notebook\'s list)')
+    tag.add_argument("--rating", action="store_true", help="WD: add the rating tag first")
+    tag.add_argument("--existing", choices=["skip", "append", "overwrite"], default="skip", help="images that already have a caption: skip them (default; also resumes a stopped run), add new tags, or replace")
+    tag.add_argument("--background", action="store_true", help="run as a background job and print its id")
+    tag.set_defaults(handler=cmd_tag)
+
     tags = sub.add_parser("tags", parents=[common], help="curate the caption tags: activation tag, remove, search and replace, sort, dedupe, undo, top tags")
     tags.add_argument("name", help="project name")
     tags.add_argument("--activation", default="", help='tag(s) to put first in every caption, e.g. "my_character"')
@@ -310,6 +322,28 @@ def cmd_dedupe(args: argparse.Namespace) -> int:
     elif result.marked:
         print(f"Run again with --apply to move the {len(result.marked)} marked image(s) to the trash (restorable).")
     return 0
+
+
+def cmd_tag(args: argparse.Namespace) -> int:
+    project = _projects(args).open(args.name)
+    if args.method == "blip":
+        kwargs: dict[str, Any] = {"existing": args.existing}
+        if args.model:
+            kwargs["model"] = args.model[0]
+        return run_engine_function(project, "tag", "lora_gradio.engine.tagger:caption_images", "Caption images (BLIP)", kwargs, background=args.background)
+    kwargs = {"general_threshold": args.threshold, "character_threshold": args.character_threshold, "include_rating": args.rating, "existing": args.existing}
+    if args.model:
+        kwargs["models"] = args.model
+    if args.blacklist is not None:
+        kwargs["blacklist"] = args.blacklist
+    code = run_engine_function(project, "tag", "lora_gradio.engine.tagger:tag_images", "Tag images (WD)", kwargs, background=args.background)
+    if not args.background:  # the guide: look at the top tags right after tagging
+        from lora_gradio.engine.tags import top_tags
+
+        print("Most common tags:")
+        for tag_name, count in top_tags(project, 50):
+            print(f"{count:6d}  {tag_name}")
+    return code
 
 
 def cmd_tags(args: argparse.Namespace) -> int:

@@ -55,7 +55,7 @@ def test_script_registers_a_tab_built_from_the_shared_ui(webui, tmp_path):
 
 
 def test_installer_adds_only_what_is_missing_and_never_webui_pins(monkeypatch):
-    installed = {"gradio", "pydantic", "pillow", "requests", "diffusers", "lycoris-lora", "peft"}
+    installed = {"gradio", "pydantic", "pillow", "requests", "diffusers", "lycoris-lora", "peft", "onnxruntime"}
     calls = []
     launch = types.ModuleType("launch")
     launch.is_installed = lambda name: name in installed

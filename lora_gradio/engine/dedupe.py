@@ -20,12 +20,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 from PIL import Image  # already loaded by images.py
@@ -33,6 +31,7 @@ from PIL import Image  # already loaded by images.py
 from lora_gradio.engine.errors import UserError
 from lora_gradio.engine.fsutil import IMAGE_EXTENSIONS, atomic_path, atomic_write_text
 from lora_gradio.engine.images import UnreadableImage, dataset_folders, open_image
+from lora_gradio.engine.parallel import WORKERS, prefetch
 from lora_gradio.engine.progress import Progress, first_few
 from lora_gradio.engine.project import Project
 
@@ -49,7 +48,7 @@ FIFTYONE_MISSING = (
 )
 
 # Decoding and hashing are in C and release the GIL, so threads scale with the cores.
-_WORKERS = max(2, min(16, os.cpu_count() or 2))
+_WORKERS = WORKERS
 _HASH_CHUNK = 1 << 20
 # Rows of the similarity matrix computed at once: 1,024 x 5,000 float32 is 20 MB.
 _GROUP_BLOCK = 1024
@@ -549,7 +548,9 @@ def embed_images(
         for (i, _), vector in zip(batch, vectors):
             yield i, vector, None
 
-    for i, prepared in _prefetch(paths, prepare, ahead=max(4 * batch_size, 2 * _WORKERS)):
+    for i, prepared in prefetch(paths, prepare, ahead=max(4 * batch_size, 2 * _WORKERS), name="embed-decode"):
+        if isinstance(prepared, BaseException):
+            raise prepared
         if isinstance(prepared, str):
             done += 1
             yield index[i], None, prepared
@@ -565,23 +566,6 @@ def embed_images(
         yield from run_batch()
         done += len(batch)
     progress.update(total, total, "Computing image embeddings")
-
-
-def _prefetch(items: list[Path], work: Callable[[Path], Any], ahead: int) -> Iterator[tuple[int, Any]]:
-    """Run `work` over `items` in threads, at most `ahead` in flight; yield (index, result) in order."""
-    with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
-        pending: deque[tuple[int, Future]] = deque()
-        next_item = 0
-        try:
-            while pending or next_item < len(items):
-                while next_item < len(items) and len(pending) < ahead:
-                    pending.append((next_item, pool.submit(work, items[next_item])))
-                    next_item += 1
-                i, future = pending.popleft()
-                yield i, future.result()
-        finally:
-            for _, future in pending:  # stopped early (cancel, error): do not decode the rest
-                future.cancel()
 
 
 # Marks --------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from lora_gradio.engine.fsutil import (
     atomic_path,
     is_image_file,
 )
+from lora_gradio.engine.parallel import WORKERS
 from lora_gradio.engine.progress import Progress, first_few
 from lora_gradio.engine.project import Project
 from lora_gradio.engine.trash import add_to_batch, move_to_trash, new_batch
@@ -37,7 +38,7 @@ MIN_SHORT_SIDE = 512
 JPEG_QUALITY = 95
 WHITE = (255, 255, 255)
 # Decoding is in C and releases the GIL, so threads scale with the cores.
-_WORKERS = max(2, min(16, os.cpu_count() or 2))
+_WORKERS = WORKERS
 _MODES_WITH_ALPHA = ("RGBA", "LA", "PA", "RGBa", "La")
 
 T = TypeVar("T")

@@ -24,9 +24,7 @@ the model does not wait on Pillow; caption files are written by a second small p
 from __future__ import annotations
 
 import csv
-import os
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +36,7 @@ from PIL import Image
 from lora_gradio.engine.errors import UserError
 from lora_gradio.engine.fsutil import atomic_write_text, is_image_file
 from lora_gradio.engine.images import dataset_folders, open_image
+from lora_gradio.engine.parallel import WORKERS, prefetch
 from lora_gradio.engine.progress import Progress, first_few
 from lora_gradio.engine.project import Project
 
@@ -79,7 +78,7 @@ CATEGORY_RATING = 9
 CATEGORY_GENERAL = 0
 CATEGORY_CHARACTER = 4
 
-_WORKERS = max(2, min(16, os.cpu_count() or 2))
+_WORKERS = WORKERS
 _DEFAULT_BATCH = 32
 _WHITE = (255, 255, 255)
 
@@ -386,24 +385,6 @@ def _select(project: Project, mode: str, report: TagReport, progress: Progress) 
     return todo
 
 
-def _prefetch(items: list[Path], work: Callable[[Path], Any], ahead: int) -> Iterator[tuple[int, Any]]:
-    """Run `work` over `items` in threads, at most `ahead` in flight; yield (index, result or exception) in order."""
-    with ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="tag-decode") as pool:
-        pending: deque[tuple[int, Future]] = deque()
-        next_item = 0
-        try:
-            while pending or next_item < len(items):
-                while next_item < len(items) and len(pending) < ahead:
-                    pending.append((next_item, pool.submit(work, items[next_item])))
-                    next_item += 1
-                i, future = pending.popleft()
-                error = future.exception()
-                yield i, (error if error is not None else future.result())
-        finally:
-            for _, future in pending:  # stopped early (cancel, error): do not decode the rest
-                future.cancel()
-
-
 def _reason(path: Path, error: BaseException) -> str:
     if isinstance(error, UserError):
         reason = str(error)
@@ -472,7 +453,7 @@ def _run_batched(
         progress.update(done, total, message)
 
     try:
-        for i, prepared in _prefetch(images, prepare, ahead=max(4 * batch_size, 2 * _WORKERS)):
+        for i, prepared in prefetch(images, prepare, name="tag-decode", ahead=max(4 * batch_size, 2 * _WORKERS)):
             image = images[i]
             if isinstance(prepared, BaseException):
                 reason = _reason(image, prepared)

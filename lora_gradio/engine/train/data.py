@@ -17,7 +17,6 @@ torch and numpy are imported inside the functions that need them.
 from __future__ import annotations
 
 import math
-import os
 import random
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -27,13 +26,14 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from lora_gradio.engine.errors import UserError
 from lora_gradio.engine.fsutil import IMAGE_EXTENSIONS
+from lora_gradio.engine.parallel import WORKERS
 from lora_gradio.engine.progress import Progress, first_few
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 # Same thread count rule as images.py: header reads and decodes release the GIL.
-_WORKERS = max(2, min(16, os.cpu_count() or 2))
+_WORKERS = WORKERS
 
 
 # Folders and items -------------------------------------------------------------------------------

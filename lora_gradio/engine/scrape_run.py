@@ -23,8 +23,6 @@ SECTION = "scrape"
 # Credentials reach a scrape job through its environment, never through files in the project.
 CREDENTIALS_ENV = "LORA_GRADIO_BOORU_CREDENTIALS"
 SCRAPE_FOLDER = "_scrape"
-# Tags written as captions keep these as they are: underscores are part of the face.
-KAOMOJI = {"^_^", "o_o", "0_0", ">_<", "=_=", "u_u", "x_x", "@_@", "-_-", "._.", "+_+", "o_0", "0_o", "t_t", ";_;", "|_|", "^_-", "-_^"}
 
 
 class ScrapeSettings(SettingsBase):
@@ -73,7 +71,9 @@ class ScrapeReport:
 
 def caption_from_tags(tags: list[str]) -> str:
     """Booru tags as a caption: underscores become spaces (except in kaomoji), joined by ', '."""
-    return ", ".join(tag if tag in KAOMOJI else tag.replace("_", " ") for tag in tags if tag)
+    from lora_gradio.engine.tags import display_tag
+
+    return ", ".join(display_tag(tag) for tag in tags if tag)
 
 
 def credentials_env(credentials: "dict | None") -> dict[str, str]:

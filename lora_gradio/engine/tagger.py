@@ -37,6 +37,7 @@ from lora_gradio.engine.errors import UserError
 from lora_gradio.engine.fsutil import atomic_write_text, is_image_file
 from lora_gradio.engine.images import dataset_folders, open_image
 from lora_gradio.engine.parallel import WORKERS, prefetch
+from lora_gradio.engine.tags import KAOMOJI, display_tag  # noqa: F401 - KAOMOJI re-exported for callers
 from lora_gradio.engine.progress import Progress, first_few
 from lora_gradio.engine.project import Project
 
@@ -67,12 +68,6 @@ DEFAULT_BLACKLIST: tuple[str, ...] = (
 )
 
 # Tags whose underscores are part of the face (SmilingWolf's list, as kohya and the WD demo use).
-KAOMOJI: frozenset[str] = frozenset(
-    {
-        "0_0", "(o)_(o)", "+_+", "+_-", "._.", "<o>_<o>", "<|>_<|>", "=_=", ">_<", "3_3", "6_9",
-        ">_o", "@_@", "^_^", "o_o", "u_u", "x_x", "|_|", "||_||",
-    }
-)
 
 CATEGORY_RATING = 9
 CATEGORY_GENERAL = 0
@@ -108,9 +103,8 @@ class TagReport:
 
 
 def tag_display_name(name: str) -> str:
-    """`long_hair` -> `long hair`; kaomoji such as `^_^` keep their underscores."""
-    name = name.strip()
-    return name if name in KAOMOJI else name.replace("_", " ")
+    """`long_hair` -> `long hair`; kaomoji such as `^_^` keep their underscores (tags.display_tag)."""
+    return display_tag(name)
 
 
 def parse_tag_list(value: str | Iterable[str] | None) -> list[str]:

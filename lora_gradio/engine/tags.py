@@ -59,6 +59,12 @@ def is_kaomoji(tag: str) -> bool:
     return "_" in t and len(t) <= 7 and bool(symbols) and not _WORDISH.search(t)
 
 
+def display_tag(tag: str) -> str:
+    """A booru/tagger tag as captions write it: `long_hair` -> `long hair`; kaomoji keep their `_`."""
+    tag = tag.strip()
+    return tag if is_kaomoji(tag) else tag.replace("_", " ")
+
+
 def tag_key(tag: str) -> str:
     """The form tags are compared in: `Long_Hair` and `long hair` are the same tag; `^_^` stays."""
     t = tag.strip()

@@ -338,12 +338,19 @@ def cmd_tag(args: argparse.Namespace) -> int:
         kwargs["blacklist"] = args.blacklist
     code = run_engine_function(project, "tag", "lora_gradio.engine.tagger:tag_images", "Tag images (WD)", kwargs, background=args.background)
     if not args.background:  # the guide: look at the top tags right after tagging
-        from lora_gradio.engine.tags import top_tags
-
         print("Most common tags:")
-        for tag_name, count in top_tags(project, 50):
-            print(f"{count:6d}  {tag_name}")
+        _print_tag_overview(project, 50)
     return code
+
+
+def _print_tag_overview(project, n: int) -> None:
+    """The top `n` tags on stdout, then what is wrong with the captions on stderr."""
+    from lora_gradio.engine.tags import caption_problems, top_tags
+
+    for tag_name, count in top_tags(project, n):
+        print(f"{count:6d}  {tag_name}")
+    for problem in caption_problems(project):
+        print(f"warning: {problem}", file=sys.stderr)
 
 
 def cmd_tags(args: argparse.Namespace) -> int:
@@ -360,8 +367,7 @@ def cmd_tags(args: argparse.Namespace) -> int:
             mode=args.mode, new_as_activation=args.new_as_activation, sort=args.sort, dedupe=args.dedupe,
         ).summary())
     if args.top or not edits:
-        for tag, count in tag_edits.top_tags(project, args.top or 50):
-            print(f"{count:6d}  {tag}")
+        _print_tag_overview(project, args.top or 50)
     return 0
 
 

@@ -199,3 +199,69 @@ def test_dedupe_grid_mark_and_apply(app, browser, tmp_path):
     left = sorted(p.name for p in project.dataset_dir.iterdir())
     assert left == ["0_copy.png", "0_copy.txt", "1.png", "2.png"]  # the original went to the trash
     page.close()
+
+
+def test_tag_curate_undo_and_edit_one_caption(app, browser, tmp_path):
+    from tests.tiny_wd import build_tiny_wd
+
+    wd = build_tiny_wd(tmp_path / "wd")
+    project = Projects(app.root).create("tagme")
+    make_image(project.dataset_dir / "a_red.png", colour=(230, 20, 20))
+    make_image(project.dataset_dir / "b_blue.png", colour=(20, 20, 230))
+    make_image(project.dataset_dir / "c_red.jpg", colour=(220, 30, 30))
+    page = browser.new_page(viewport={"width": 1280, "height": 1600})
+    page.goto(app.url)
+    for accordion in ("lg-tag", "lg-curate"):
+        page.locator(f"#{accordion} .label-wrap").first.click()
+    page.wait_for_selector("#lg-tag-run", timeout=30_000)
+    # BLIP's options replace the WD ones and back.
+    assert not page.locator("#lg-blip-model").first.is_visible()
+    page.locator("#lg-tag-method label:has-text('BLIP')").first.click()
+    page.wait_for_selector("#lg-blip-model", state="visible", timeout=10_000)
+    page.wait_for_selector("#lg-tag-run:has-text('Caption images')", timeout=10_000)
+    assert not page.locator("#lg-tag-threshold").first.is_visible()
+    page.locator("#lg-tag-method label:has-text('WD tagger')").first.click()
+    page.wait_for_selector("#lg-tag-threshold", state="visible", timeout=10_000)
+    textbox(page, "lg-tag-model").fill(str(wd))
+    page.click("#lg-tag-run")
+    page.wait_for_selector("#lg-job[data-state='done']:has-text('Tag images')", timeout=60_000)
+    assert (project.dataset_dir / "a_red.txt").read_text() == "red theme, ^_^, solo"
+    # The top tags show by themselves once the job is done (the guide's look after tagging).
+    try:
+        page.wait_for_selector("#lg-tag-chart[data-tags='4']", timeout=20_000)
+    except Exception:
+        print("chart:", page.locator("#lg-top-chart").first.inner_html()[:500], "| notes:", page.locator("#lg-top-notes").first.inner_text())
+        page.screenshot(path=str(ARTIFACTS / f"tags-failed-{app.label}.png"), full_page=True)
+        raise
+    assert "3 caption files" in page.locator("#lg-top-notes").first.inner_text()
+    table = page.locator("#lg-top-table").first.inner_text()
+    assert "solo" in table and "red theme" in table
+
+    # Activation tag first and a tag removed, in one step; then undo it.
+    textbox(page, "lg-curate-activation").fill("my_char")
+    textbox(page, "lg-curate-remove").fill("solo")
+    page.click("#lg-curate-apply")
+    page.wait_for_selector("#lg-curate-message:has-text('Changed 3 of 3')", timeout=20_000)
+    assert (project.dataset_dir / "b_blue.txt").read_text() == "my_char, blue theme"
+    page.wait_for_selector("#lg-curate-undo-list:has-text('activation my_char')", timeout=20_000)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"tags-{app.label}.png"), full_page=True)
+    page.click("#lg-curate-undo")
+    page.wait_for_selector("#lg-curate-message:has-text('Undid')", timeout=20_000)
+    assert (project.dataset_dir / "b_blue.txt").read_text() == "blue theme, solo"
+
+    # One image's tags beside the image: list the red ones, edit the first, save and move on.
+    page.locator("#lg-editor .label-wrap").first.click()
+    textbox(page, "lg-editor-filter").fill("red theme")
+    page.click("#lg-editor-list")
+    page.wait_for_selector("#lg-editor-message:has-text('2 image(s)')", timeout=20_000)
+    caption = textbox(page, "lg-editor-caption")
+    page.wait_for_function("document.querySelector('#lg-editor-caption textarea').value.includes('red theme')", timeout=20_000)
+    page.wait_for_selector("#lg-editor-image img", timeout=20_000)
+    caption.fill("red theme, smile")
+    page.click("#lg-editor-save-next")
+    page.wait_for_selector("#lg-editor-message:has-text('Saved the tags of a_red.png')", timeout=20_000)
+    assert (project.dataset_dir / "a_red.txt").read_text() == "red theme, smile"
+    page.wait_for_function("document.querySelector('#lg-editor-caption textarea').value === 'red theme, ^_^, solo'", timeout=20_000)
+    page.screenshot(path=str(ARTIFACTS / f"caption-editor-{app.label}.png"), full_page=True)
+    page.close()

@@ -89,3 +89,15 @@ def test_newest_job_is_found_even_within_the_same_second(project):
     second = jobs.start_job(project, "aaa", "tests.job_samples:count_slowly", {"n": 1, "delay": 0})
     assert [j.id for j in jobs.list_jobs(project)] == [second.id, first.id]
     jobs.wait_job(first, 30), jobs.wait_job(second, 30)
+
+
+def test_latest_job_of_a_kind(project):
+    assert jobs.latest_job(project, "count") is None
+    first = jobs.start_job(project, "count", "tests.job_samples:count_slowly", {"n": 1, "delay": 0})
+    jobs.wait_job(first, timeout_s=30)
+    other = jobs.start_job(project, "fail", "tests.job_samples:fail_clearly")
+    jobs.wait_job(other, timeout_s=30)
+    assert jobs.latest_job(project, "count").id == first.id
+    second = jobs.start_job(project, "count", "tests.job_samples:count_slowly", {"n": 1, "delay": 0})
+    jobs.wait_job(second, timeout_s=30)
+    assert jobs.latest_job(project, "count").id == second.id

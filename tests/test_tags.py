@@ -208,3 +208,40 @@ def test_cli_tags_activation_top_and_undo(tmp_path, capsys):
     assert cli_main(["--root", root, "tags", "p", "--undo"]) == 0
     assert (project.dataset_dir / "a.txt").read_text() == "1girl, smile"
     assert cli_main(["--root", root, "tags", "p", "--undo"]) == 2  # nothing left to undo
+
+
+def test_activation_is_remembered_for_training_and_testing(dataset):
+    assert T.saved_activation(dataset) == ""
+    T.curate(dataset, remove="solo")
+    assert T.saved_activation(dataset) == ""  # no activation tag in this edit
+    T.curate(dataset, activation="my_char", sort=True)
+    assert T.saved_activation(dataset) == "my_char"
+    T.search_replace(dataset, "school uniform", "outfit_b", new_as_activation=True)
+    assert T.saved_activation(dataset) == "outfit_b"
+    T.search_replace(dataset, "no such tag", "other", new_as_activation=True)
+    assert T.saved_activation(dataset) == "outfit_b"  # nothing matched: nothing new to remember
+    T.set_activation_tags(dataset, "a, b")
+    assert T.saved_activation(dataset) == "a, b"
+    assert dataset.read_section("project")  # the other sections of the settings file are kept
+
+
+def test_caption_problems_say_what_to_do(project):
+    assert T.caption_problems(project) == []
+    put(project, "a.txt", "x")
+    assert T.caption_problems(project) == []
+    put(project, "orphan.txt", "y", image=False)
+    put(project, "empty.txt", "")
+    put(project, "untagged.txt", None)
+    put(project, "bad.txt", b"\xff\xfe")
+    problems = T.caption_problems(project)
+    assert len(problems) == 4
+    assert problems[0].startswith("1 image(s) have no caption file (untagged.png)")
+    assert any("empty.txt" in p and "overwrite" in p for p in problems)
+    assert any("orphan.txt" in p for p in problems) and any("UTF-8" in p for p in problems)
+
+
+def test_image_list_and_tag_filter(dataset):
+    assert T.image_list(dataset) == ["1.png", "2.png", "sub/3.png"]
+    assert T.image_list(dataset, "long_hair") == ["1.png", "2.png"]
+    assert T.image_list(dataset, "smile, Solo") == ["sub/3.png"]
+    assert T.image_list(dataset, "nothing like this") == []

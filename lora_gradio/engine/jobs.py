@@ -279,6 +279,11 @@ def list_jobs(project: Project) -> list[Job]:
     return jobs
 
 
+def latest_job(project: Project, kind: str) -> "Job | None":
+    """The newest job of this kind (running or ended), or None."""
+    return next((job for job in list_jobs(project) if job.kind == kind), None)
+
+
 def get_job(project: Project, job_id: str) -> Job:
     folder = project.jobs_dir / job_id
     if "/" in job_id or "\\" in job_id or not (folder / "job.json").is_file():

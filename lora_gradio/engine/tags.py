@@ -36,6 +36,7 @@ UNDO_FOLDER = "_tags_undo"
 MANIFEST = "manifest.json"
 SEPARATOR = ", "
 MODES = ("OR", "AND")
+SECTION = "tags"  # settings file section: the activation tag, for the Train and Test tabs
 
 # The WD tagger's kaomoji: their underscores are part of the face, not word separators.
 KAOMOJI = frozenset(
@@ -283,6 +284,39 @@ def undecodable_captions(project: Project) -> list[Path]:
     return bad
 
 
+def caption_problems(project: Project) -> list[str]:
+    """One sentence per kind of caption trouble, each saying how to fix it; [] when all is well."""
+    found = []
+    checks = (
+        (untagged_images, "image(s) have no caption file", "tag them (existing captions are skipped) or write one in the editor"),
+        (empty_captions, "caption file(s) are empty", "tag those images again with 'overwrite', or write tags in the editor"),
+        (orphan_captions, "caption file(s) have no image", "they are not used for training; move them to the trash with the clean-up above"),
+        (undecodable_captions, "caption file(s) are not UTF-8 text", "open and save them as UTF-8"),
+    )
+    for check, what, fix in checks:
+        paths = check(project)
+        if paths:
+            found.append(f"{len(paths)} {what} ({first_few([_rel(project, p) for p in paths])}): {fix}.")
+    return found
+
+
+def image_list(project: Project, having: str = "") -> list[str]:
+    """The dataset's images relative to the dataset folder, sorted; with `having`, only those whose
+    caption holds every one of those tags (spelling with spaces or underscores alike)."""
+    wanted = [tag_key(t) for t in split_tags(having)]
+    out = []
+    for path in _image_files(project):
+        if wanted:
+            try:
+                keys = {tag_key(t) for t in read_tags(path.with_suffix(CAPTION_SUFFIX))}
+            except OSError:
+                keys = set()
+            if not all(w in keys for w in wanted):
+                continue
+        out.append(_rel(project, path))
+    return out
+
+
 # Statistics ------------------------------------------------------------------------------------
 
 
@@ -465,7 +499,19 @@ def _check_mode(mode: str) -> str:
 def set_activation_tags(project: Project, tags: str) -> TagReport:
     """Put the activation tag(s) first in every caption file, in the given order."""
     activation = _require(split_tags(tags), "activation tag", "my_character")
-    return _apply(project, f"activation tags {join_tags(activation)}", lambda t: put_first(t, activation))
+    report = _apply(project, f"activation tags {join_tags(activation)}", lambda t: put_first(t, activation))
+    _remember_activation(project, activation)
+    return report
+
+
+def _remember_activation(project: Project, activation: Sequence[str]) -> None:
+    project.write_section(SECTION, {**project.read_section(SECTION), "activation": join_tags(activation)})
+
+
+def saved_activation(project: Project) -> str:
+    """The activation tag(s) last put first with `curate`/`set_activation_tags`; '' if none."""
+    value = project.read_section(SECTION).get("activation", "")
+    return value if isinstance(value, str) else ""
 
 
 def remove_tags(project: Project, tags: str) -> TagReport:
@@ -490,6 +536,8 @@ def search_replace(project: Project, search: str, replace: str = "", mode: str =
     action = f"replace {join_tags(found)} ({mode}) with {join_tags(wanted) or 'nothing'}"
     report = _apply(project, action, edit)
     report.matched = matched
+    if new_as_activation and wanted and matched:
+        _remember_activation(project, wanted)
     return report
 
 
@@ -555,6 +603,8 @@ def curate(
     ]
     report = _apply(project, "; ".join(p for p in parts if p), edit)
     report.matched = matched
+    if act or (new_as_activation and wanted and report.matched):
+        _remember_activation(project, act or wanted)
     return report
 
 

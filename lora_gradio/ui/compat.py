@@ -50,25 +50,40 @@ def launch_kwargs() -> dict[str, Any]:
     return {"css": CSS} if GRADIO_MAJOR >= 6 else {}
 
 
-def poll(blocks: gr.Blocks, fn: Callable[[Any], Any], source: Any, outputs: Sequence[Any], seconds: float) -> None:
+def poll(blocks: gr.Blocks, fn: Callable[..., Any], source: Any, outputs: Sequence[Any], seconds: float, memory: bool = False) -> None:
     """Call `fn(current value of source)` every `seconds` while the page is open.
 
+    With `memory=True` it is `fn(value, memo)`, where `memo` is a dict kept for this page between
+    ticks (fn updates it in place), e.g. to act only when something changed since the last tick.
     Gradio 4.40+ has `gr.Timer`; Gradio 3 only has `every=` loops (see below).
     """
     if hasattr(gr, "Timer"):
-        gr.Timer(seconds).tick(fn, inputs=[source], outputs=list(outputs), **quiet())
+        if not memory:
+            gr.Timer(seconds).tick(fn, inputs=[source], outputs=list(outputs), **quiet())
+            return
+        memo = gr.State({})
+
+        def tick_with_memo(value: Any, box: dict[str, Any]) -> Any:
+            result = fn(value, box)
+            result = list(result) if isinstance(result, (list, tuple)) else [result]
+            return (*result, box)  # State keeps what an event returns (in-place changes are not kept)
+
+        gr.Timer(seconds).tick(tick_with_memo, inputs=[source, memo], outputs=[*outputs, memo], **quiet())
         return
     # Gradio 3 runs `every=` as one loop that calls fn with the arguments of its first call. A
     # per-session State holding a dict is passed by reference, so updating the dict in place
-    # lets the loop see the latest value.
-    holder = gr.State({"value": getattr(source, "value", None)})
+    # lets the loop see the latest value (and keeps the memo between ticks).
+    holder = gr.State({"value": getattr(source, "value", None), "memo": {}})
 
     def remember(value: Any, box: dict[str, Any]) -> dict[str, Any]:
         box["value"] = value
         return box
 
+    def tick(box: dict[str, Any]) -> Any:
+        return fn(box["value"], box["memo"]) if memory else fn(box["value"])
+
     source.change(remember, inputs=[source, holder], outputs=[holder], **quiet())
-    blocks.load(lambda box: fn(box["value"]), inputs=[holder], outputs=list(outputs), every=seconds, **quiet())
+    blocks.load(tick, inputs=[holder], outputs=list(outputs), every=seconds, **quiet())
 
 
 def quiet() -> dict[str, Any]:

@@ -1,5 +1,6 @@
-"""The Dataset tab: gather images from a booru (scrape_block.py), add uploads, and the guide's
-"extras" (count, check, convert, shrink, clean, trash). De-duplication and tagging join here."""
+"""The Dataset tab, in the guide's order: gather images from a booru (scrape_block.py) or upload them,
+remove duplicates (dedupe_block.py), tag (tag_block.py), curate (curate_block.py), check single
+captions (caption_editor.py), and the guide's "extras" (count, check, convert, shrink, clean, trash)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ from lora_gradio.engine.project import Projects
 from lora_gradio.ui import compat
 from lora_gradio.ui.common import escape, ok, open_project, shown_errors, warn
 from lora_gradio.ui.compat import gr
+from lora_gradio.ui.caption_editor import build_caption_editor
+from lora_gradio.ui.curate_block import build_curate_block
 from lora_gradio.ui.dedupe_block import build_dedupe_block
 from lora_gradio.ui.scrape_block import build_scrape_block
+from lora_gradio.ui.tag_block import build_tag_block
 
 COUNT_HEADERS = ["folder", "images", "captions", "images without caption", "captions without image", "other files"]
 TRASH_HEADERS = ["batch", "why", "when", "files"]
@@ -54,12 +58,15 @@ def trash_table(projects: Projects, project_name: "str | None"):
 
 def build_dataset_tab(blocks: "gr.Blocks", projects: Projects, project_dropdown: "gr.Dropdown") -> None:
     build_scrape_block(projects, project_dropdown)
-    build_dedupe_block(projects, project_dropdown)
     with gr.Accordion("Add images", open=True):
         gr.Markdown("Upload images or a `.zip` of them (captions `.txt` with the same name come along). Nothing in the dataset is overwritten: a name that exists gets a number.")
         uploads = gr.File(label="Images or .zip", file_count="multiple", file_types=["image", ".zip", ".txt"], elem_id="lg-upload")
         add = gr.Button("Add to dataset", variant="primary", elem_id="lg-add-uploads")
         add_message = gr.Markdown(elem_classes=["lg-message"], elem_id="lg-add-message")
+    build_dedupe_block(projects, project_dropdown)
+    build_tag_block(projects, project_dropdown)
+    build_curate_block(blocks, projects, project_dropdown)
+    build_caption_editor(projects, project_dropdown)
 
     with gr.Accordion("Count and clean up (the guide's extras)", open=True):
         with gr.Row():

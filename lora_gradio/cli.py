@@ -128,12 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", parents=[common], help="train a LoRA with the guide's settings (saved in the project)")
     train.add_argument("name", nargs="?", help="project name")
-    train.add_argument("--config", metavar="FILE.toml", help="settings file with this tool's keys, as a [train] section or at the top level")
+    train.add_argument("--config", metavar="FILE.toml", help="settings file with this tool's keys (a [train] section or at the top level), or kohya's training_config.toml (its dataset_config.toml is read too)")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="change one setting, e.g. --set num_repeats=5 (repeatable)")
     train.add_argument("--resume", action="store_true", help="continue the interrupted run of this project where it stopped")
     train.add_argument("--dry-run", action="store_true", help="check the settings and the dataset and print the step plan, without training")
     train.add_argument("--background", action="store_true", help="run as a background job and print its id")
     train.add_argument("--help-settings", action="store_true", help="list every setting with its default, allowed values and the guide's advice")
+    train.add_argument("--export-kohya", metavar="DIR", help="write the settings as kohya's training_config.toml and dataset_config.toml into DIR, without training")
     train.set_defaults(handler=cmd_train)
 
     jobs = sub.add_parser("jobs", parents=[common], help="list, watch and cancel background jobs")
@@ -382,13 +383,39 @@ def cmd_train(args: argparse.Namespace) -> int:
     project = _projects(args).open(args.name)
     from lora_gradio.engine.train.loop import prepare_settings
 
+    if args.config and not args.resume:
+        _print_kohya_notes(project, args.config)
     # Check the settings before a job starts or a model loads.
-    prepare_settings(project, config_file=args.config, overrides=args.overrides, resume=args.resume)
+    settings = prepare_settings(project, config_file=args.config, overrides=args.overrides, resume=args.resume)
+    if args.export_kohya:
+        return _export_kohya(project, settings, args.export_kohya)
     config_file = str(Path(args.config).resolve()) if args.config else None
     kwargs = {"resume": args.resume, "dry_run": args.dry_run, "config_file": config_file, "overrides": args.overrides}
     if args.dry_run:
         return run_engine_function(project, "train", "lora_gradio.engine.train.loop:train_project", "Dry run", kwargs, background=False)
     return run_engine_function(project, "train", "lora_gradio.engine.train.loop:train_project", "Train LoRA", kwargs, background=args.background)
+
+
+def _print_kohya_notes(project: Any, config: str) -> None:
+    """What importing kohya's files changed or left out, before the run starts."""
+    from lora_gradio.engine.train import kohya_toml
+    from lora_gradio.engine.train.config import load_settings
+
+    if kohya_toml.is_kohya_file(config):
+        _, notes = kohya_toml.import_kohya(config, project=project, base=load_settings(project))
+        for note in notes:
+            print(f"kohya import: {note}", file=sys.stderr)
+
+
+def _export_kohya(project: Any, settings: Any, folder: str) -> int:
+    from lora_gradio.engine.train import kohya_toml
+
+    for path in kohya_toml.export_kohya(project, settings, folder):
+        print(path)
+    model = kohya_toml.kohya_model_location(project, settings)
+    if model.startswith(("http://", "https://")) or (Path(model).is_absolute() and not Path(model).exists()):
+        print(f"note: the base model {model} is not on this machine yet; kohya's scripts need the file (training here once downloads it).", file=sys.stderr)
+    return 0
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:

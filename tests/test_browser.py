@@ -265,3 +265,77 @@ def test_tag_curate_undo_and_edit_one_caption(app, browser, tmp_path):
     page.wait_for_function("document.querySelector('#lg-editor-caption textarea').value === 'red theme, ^_^, solo'", timeout=20_000)
     page.screenshot(path=str(ARTIFACTS / f"caption-editor-{app.label}.png"), full_page=True)
     page.close()
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from tests.tiny_sd import build_tiny_sd
+
+    return build_tiny_sd(tmp_path_factory.mktemp("model") / "tiny")
+
+
+def open_tab(page, name):
+    # Gradio 4+ marks tab buttons with role=tab; 3.41 puts plain buttons in .tab-nav.
+    page.locator(f"button[role=tab]:has-text('{name}'), .tab-nav button:has-text('{name}')").first.click()
+
+
+def open_train_tab(page):
+    open_tab(page, "2. Train")
+    page.wait_for_selector("#lg-train-start", timeout=30_000)
+
+
+def train_step(page) -> int:
+    return int(page.locator("#lg-train-status").first.get_attribute("data-step") or 0)
+
+
+def test_train_from_the_page_reattach_cancel_and_resume(app, browser, tiny_model):
+    from lora_gradio.engine.train.config import load_settings
+    from tests.test_train_run import make_project
+
+    project = make_project(app.root, tiny_model, extra=["how_many=20", "save_every_n_epochs=5"])
+    page = browser.new_page(viewport={"width": 1280, "height": 1400})
+    page.goto(app.url)
+    open_train_tab(page)
+    page.wait_for_selector("#lg-train-calc:has-text('Total: 40 steps')", timeout=20_000)
+
+    # A change on the page is saved to the project's settings file and the calculator follows it.
+    how_many = textbox(page, "lg-set-how_many")
+    how_many.fill("15")
+    how_many.press("Tab")
+    page.wait_for_selector("#lg-train-settings-message:has-text('Saved')", timeout=20_000)
+    page.wait_for_selector("#lg-train-calc:has-text('Total: 30 steps')", timeout=20_000)
+    assert load_settings(project).how_many == 15
+    page.click("#lg-train-check-data")
+    page.wait_for_selector("#lg-train-check-result:has-text('Ready to train')", timeout=30_000)
+
+    page.click("#lg-train-start")
+    page.wait_for_selector("#lg-train-status[data-state='running']", timeout=60_000)
+    page.wait_for_function("Number(document.querySelector('#lg-train-status').dataset.step) >= 3", timeout=120_000)
+
+    # Closing the page does not stop the run; a new page re-attaches to it.
+    page.close()
+    page = browser.new_page(viewport={"width": 1280, "height": 1400})
+    page.goto(app.url)
+    open_train_tab(page)
+    page.wait_for_selector("#lg-train-status[data-state='running']", timeout=30_000)
+    page.wait_for_function("Number(document.querySelector('#lg-train-loss > div, #lg-train-loss').dataset.points) >= 2", timeout=30_000)
+    page.click("#lg-train-cancel")
+    page.wait_for_selector("#lg-train-status[data-state='cancelled']", timeout=60_000)
+    stopped_at = train_step(page)
+    assert 0 < stopped_at < 30
+    page.wait_for_selector("#lg-train-resume", state="visible", timeout=20_000)
+    page.wait_for_selector("#lg-train-resume-note:has-text('continue from epoch')", timeout=20_000)
+
+    page.click("#lg-train-resume")
+    page.wait_for_selector("#lg-train-status[data-state='done']", timeout=180_000)
+    assert "step 30/30" in page.locator("#lg-train-status").first.inner_text()
+    try:
+        page.wait_for_selector("#lg-train-files:has-text('tiny_char-15')", timeout=20_000)
+    except Exception:
+        print("files:", page.locator("#lg-train-files").first.inner_text(), "|", sorted(p.name for p in project.output_dir.iterdir()))
+        page.screenshot(path=str(ARTIFACTS / f"train-failed-{app.label}.png"), full_page=True)
+        raise
+    assert sorted(p.name for p in project.output_dir.glob("*.safetensors")) == ["tiny_char-05.safetensors", "tiny_char-10.safetensors", "tiny_char-15.safetensors"]
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"train-{app.label}.png"), full_page=True)
+    page.close()

@@ -35,9 +35,12 @@ def webui(monkeypatch):
     script_callbacks.on_ui_settings = callbacks.settings.append
     shared = types.ModuleType("modules.shared")
     shared.opts, shared.OptionInfo = Opts(), OptionInfo
+    sd_models = types.ModuleType("modules.sd_models")
+    sd_models.unloaded = []
+    sd_models.unload_model_weights = lambda *args: sd_models.unloaded.append(args)
     modules = types.ModuleType("modules")
-    modules.script_callbacks, modules.shared = script_callbacks, shared
-    for name, module in (("modules", modules), ("modules.script_callbacks", script_callbacks), ("modules.shared", shared)):
+    modules.script_callbacks, modules.shared, modules.sd_models = script_callbacks, shared, sd_models
+    for name, module in (("modules", modules), ("modules.script_callbacks", script_callbacks), ("modules.shared", shared), ("modules.sd_models", sd_models)):
         monkeypatch.setitem(sys.modules, name, module)
     return callbacks, shared
 
@@ -52,6 +55,16 @@ def test_script_registers_a_tab_built_from_the_shared_ui(webui, tmp_path):
     (blocks, title, elem_id), = callbacks.tabs[0]()
     assert title == "LoRA Gradio" and elem_id == "lora_gradio"
     assert type(blocks).__name__ == "Blocks"
+    # Inside the WebUI the Train tab offers to unload the WebUI's checkpoint before training.
+    unload = [b for b in blocks.blocks.values() if getattr(b, "elem_id", None) == "lg-train-unload"]
+    assert len(unload) == 1 and unload[0].value is True
+
+
+def test_unload_hook_calls_the_webuis_unload(webui):
+    from lora_gradio.webui import WebUIHooks
+
+    WebUIHooks().unload_checkpoint()
+    assert sys.modules["modules.sd_models"].unloaded == [()]
 
 
 def test_installer_adds_only_what_is_missing_and_never_webui_pins(monkeypatch):

@@ -113,6 +113,17 @@ def gradio_upload_dir() -> Path:
     return Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio").resolve()
 
 
+def editable_table(columns: int) -> dict[str, Any]:
+    """`gr.Dataframe` keywords for a table with fixed columns and as many rows as the person adds
+    (6 renamed `col_count` to `column_count` and moved row limits to `row_limits`)."""
+    import inspect
+
+    parameters = inspect.signature(gr.Dataframe.__init__).parameters
+    if "row_limits" in parameters:
+        return {"row_count": 1, "column_count": (columns, "fixed")}
+    return {"row_count": (1, "dynamic"), "col_count": (columns, "fixed")}
+
+
 def gallery_update(items: list) -> Any:
     """New gallery contents with no image selected, so clicking the same image again fires
     `.select` again (Gradio 3.41 has no `selected_index` and keeps the old selection)."""

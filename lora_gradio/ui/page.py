@@ -8,9 +8,11 @@ from lora_gradio.ui.compat import gr
 from lora_gradio.ui.dataset_tab import build_dataset_tab
 from lora_gradio.ui.jobs_panel import build_jobs_panel
 from lora_gradio.ui.project_bar import build_project_bar
+from lora_gradio.ui.train_tab import build_train_tab
 
 
-def build_page(root=None, layout="project", title="LoRA Gradio") -> "gr.Blocks":
+def build_page(root=None, layout="project", title="LoRA Gradio", webui=None) -> "gr.Blocks":
+    """`webui`: the WebUI's hooks (lora_gradio.webui.WebUIHooks) when the page is a WebUI tab."""
     projects = Projects(root, layout)
     with compat.new_blocks(title) as blocks:
         gr.Markdown(
@@ -24,10 +26,7 @@ def build_page(root=None, layout="project", title="LoRA Gradio") -> "gr.Blocks":
             with gr.Tab("1. Dataset", elem_id="lg-tab-dataset"):
                 build_dataset_tab(blocks, projects, bar.dropdown)
             with gr.Tab("2. Train", elem_id="lg-tab-train"):
-                gr.Markdown(
-                    "Training settings, the step calculator and the live view of a run will appear here once the training engine lands. "
-                    "Until then, the Dataset tab prepares the images and captions it will use."
-                )
+                build_train_tab(blocks, projects, bar.dropdown, webui=webui)
             with gr.Tab("3. Test", elem_id="lg-tab-test"):
                 gr.Markdown(
                     "Epoch x weight comparison grids and the WebUI X/Y/Z helpers will appear here once there are trained epochs to compare."

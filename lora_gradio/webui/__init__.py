@@ -21,6 +21,17 @@ def projects_root(opts) -> str:
     return str(resolve_root(chosen))
 
 
+class WebUIHooks:
+    """What the page may ask of the WebUI it runs in."""
+
+    def unload_checkpoint(self) -> None:
+        """Free the GPU memory of the WebUI's loaded model before training (it reloads on the next
+        generation). Training itself runs in a process of its own, never inside the WebUI's."""
+        from modules import sd_models
+
+        sd_models.unload_model_weights()
+
+
 def register() -> None:
     """Register the tab and its settings with the WebUI's callbacks (call at script import)."""
     from modules import script_callbacks, shared
@@ -34,7 +45,7 @@ def register() -> None:
         from lora_gradio.ui import build_ui
 
         layout = getattr(shared.opts, LAYOUT_OPTION, "project") or "project"
-        blocks = build_ui(projects_root(shared.opts), layout)
+        blocks = build_ui(projects_root(shared.opts), layout, webui=WebUIHooks())
         return [(blocks, "LoRA Gradio", "lora_gradio")]
 
     script_callbacks.on_ui_settings(add_settings)

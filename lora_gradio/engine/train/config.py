@@ -298,7 +298,15 @@ def apply_overrides(settings: TrainSettings, overrides: Iterable[str]) -> TrainS
     return validate_settings(data, where="--set: ")
 
 
-def _parse_value(key: str, spec: FieldSpec, raw: str) -> Any:
+def parse_setting(key: str, raw: str) -> Any:
+    """One setting typed as text (a page field, a `--set`), read by the setting's type; not yet validated."""
+    specs = settings_fields()
+    if key not in specs:
+        raise UserError(_unknown_key_message(key, "setting"))
+    return _parse_value(key, specs[key], str(raw).strip(), where="")
+
+
+def _parse_value(key: str, spec: FieldSpec, raw: str, where: str = "--set: ") -> Any:
     annotation = spec.annotation
     text = _unquote(raw)
     try:
@@ -333,7 +341,7 @@ def _parse_value(key: str, spec: FieldSpec, raw: str) -> Any:
         return _split_list(key, text)
     except (ValueError, json.JSONDecodeError):
         wanted = 'JSON, e.g. --set custom_dataset=\'[{"folder": "good_images", "num_repeats": 3}]\'' if key == "custom_dataset" else allowed_phrase(spec)
-        raise UserError(f"--set: {key} = {raw!r} is not allowed: use {wanted}.") from None
+        raise UserError(f"{where}{key} = {raw!r} is not allowed: use {wanted}.") from None
 
 
 def _split_list(key: str, text: str) -> List[str]:

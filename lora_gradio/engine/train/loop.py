@@ -66,19 +66,24 @@ def prepare_settings(project: Project, config_file: "str | None" = None, overrid
         return cfg.validate_settings(state["settings"], where="In the saved training state: ")
     settings = cfg.load_settings(project)
     if config_file:
-        settings = _merge_file(settings, Path(config_file))
+        settings = _merge_file(settings, Path(config_file), project)
     if overrides:
         settings = cfg.apply_overrides(settings, overrides)
     return settings
 
 
-def _merge_file(settings: cfg.TrainSettings, path: Path) -> cfg.TrainSettings:
+def _merge_file(settings: cfg.TrainSettings, path: Path, project: "Project | None" = None) -> cfg.TrainSettings:
+    """Overlay this tool's settings file (a [train] section or top-level keys), or import kohya's training_config.toml."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"Settings file {path} does not exist.") from None
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{path} is not valid TOML ({exc}): fix it.") from None
+    from lora_gradio.engine.train import kohya_toml
+
+    if kohya_toml.looks_like_kohya(data):
+        return kohya_toml.import_kohya(path, project=project, base=settings)[0]
     section = data.get(cfg.SECTION, data)
     merged = {**cfg.settings_to_toml(settings), **section}
     return cfg.validate_settings(merged, where=f"In {path}: ")

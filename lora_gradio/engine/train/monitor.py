@@ -1,0 +1,84 @@
+"""What a watcher of a training run needs, read from files only (the job's events, the output folder).
+
+The page polls `run_view`; a reloaded page or a second browser gets the same picture, and so
+does a notebook cell.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lora_gradio.engine import jobs
+from lora_gradio.engine.project import Project
+
+JOB_KIND = "train"
+SAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+@dataclass
+class RunView:
+    status: "jobs.JobStatus | None"  # the newest training job, running or ended
+    steps: list[int] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)  # moving average the loop reports
+    learning_rates: dict[str, list[float]] = field(default_factory=dict)  # "unet", "text_encoder" -> one value per step point
+    epoch: "int | None" = None
+    it_per_s: "float | None" = None
+    epoch_files: list[Path] = field(default_factory=list)
+    samples: list[Path] = field(default_factory=list)
+    resumable: "dict | None" = None  # the saved state of an interrupted run: epoch, global_step, saved_at
+    first_point: tuple[float, int] = (0.0, 0)  # (time, step) of the first reported step, for the speed
+
+    @property
+    def running(self) -> bool:
+        return self.status is not None and self.status.active
+
+    def eta_seconds(self) -> "float | None":
+        """From the run's average speed since its first step (the first steps include loading)."""
+        status = self.status
+        if status is None or not status.active or not status.total or len(self.steps) < 2:
+            return None
+        first_t, first_step = self.first_point
+        elapsed = (status.updated or time.time()) - first_t
+        done = self.steps[-1] - first_step
+        if done <= 0 or elapsed <= 0:
+            return None
+        return (status.total - self.steps[-1]) * elapsed / done
+
+
+def run_view(project: Project, output_name: str) -> RunView:
+    from lora_gradio.engine.train.loop import read_state_info
+    from lora_gradio.engine.train.saving import epoch_files
+
+    job = jobs.latest_job(project, JOB_KIND)
+    view = RunView(status=jobs.job_status(job) if job else None)
+    if job is not None:
+        events, _ = jobs.read_events(job)
+        first = None
+        for event in events:
+            if event.get("type") != "progress" or "loss" not in event:
+                continue
+            step = int(event.get("done") or 0)
+            if view.steps and step <= view.steps[-1]:
+                continue  # a resumed run starts again from its saved step
+            if first is None:
+                first = (float(event.get("t") or 0.0), step)
+            view.steps.append(step)
+            view.loss.append(float(event["loss"]))
+            for key, value in event.items():
+                if key.startswith("lr_"):
+                    view.learning_rates.setdefault(key[3:], []).append(float(value))
+            view.epoch = event.get("epoch", view.epoch)
+            view.it_per_s = event.get("it_per_s", view.it_per_s)
+        view.first_point = first or (0.0, 0)
+    view.epoch_files = [path for _, path in epoch_files(project.output_dir, output_name)]
+    sample_dir = project.output_dir / "sample"
+    if sample_dir.is_dir():
+        since = (view.status.started or 0.0) if view.status else 0.0  # this run's samples, not an older run's
+        found = [(p.stat().st_mtime, p.name, p) for p in sample_dir.iterdir() if p.suffix.lower() in SAMPLE_SUFFIXES]
+        view.samples = [p for mtime, _, p in sorted(found) if mtime >= since]
+    state = read_state_info(project)
+    if state is not None and not view.running:
+        view.resumable = {k: state.get(k) for k in ("epoch", "global_step", "saved_at")}
+    return view

@@ -113,3 +113,23 @@ def test_run_view_reads_the_jobs_files(project):
     assert view.steps == [1, 2, 3, 4] and view.loss == pytest.approx([0.1, 0.2, 0.3, 0.4])
     assert view.learning_rates == {"unet": pytest.approx([1e-4, 2e-4, 3e-4, 4e-4])}
     assert [p.name for p in view.epoch_files] == ["char-01.safetensors"] and not view.running and view.resumable is None
+
+
+def test_a_resumed_run_shows_its_whole_curve(project):
+    from lora_gradio.engine import jobs
+
+    def job_with_steps(steps, resume):
+        job = jobs.start_job(project, "train", "tests.job_samples:count_slowly", {"n": 1, "delay": 0}, title="Train LoRA")
+        jobs.wait_job(job, timeout_s=30)
+        # The stand-in function takes no `resume`: mark the job as a resumed run once it has run.
+        data = json.loads((job.folder / "job.json").read_text())
+        data["kwargs"]["resume"] = resume
+        (job.folder / "job.json").write_text(json.dumps(data))
+        with open(job.events_file, "a") as f:
+            for step in steps:
+                f.write(json.dumps({"type": "progress", "t": time.time(), "done": step, "total": 6, "loss": 1.0, "lr_unet": 1e-4}) + "\n")
+
+    job_with_steps([1, 2], resume=False)  # an older, finished run: not part of the newest one
+    job_with_steps([1, 2, 3], resume=False)
+    job_with_steps([3, 4, 5, 6], resume=True)
+    assert run_view(project, "char").steps == [1, 2, 3, 4, 5, 6]

@@ -219,3 +219,23 @@ def test_a_new_run_sets_the_previous_one_aside_instead_of_overwriting(tmp_path, 
     batch = next(b for b in list_trash(project) if b.reason == "previous run of tiny_char")
     restored = restore(project, batch.id)
     assert any(r.endswith("tiny_char-01 (2).safetensors") for r in restored)
+
+
+def test_samples_with_a_16_bit_unet_and_an_fp32_vae(tmp_path, tiny_model):
+    # On a GPU the UNet and text encoder run in bf16/fp16 while the VAE stays fp32 (as in the loop).
+    import types
+
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from lora_gradio.engine.train.sampling import sample_images
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_model, safety_checker=None, requires_safety_checker=False)
+    model = types.SimpleNamespace(
+        unet=pipe.unet.to(torch.bfloat16), text_encoder=pipe.text_encoder.to(torch.bfloat16), vae=pipe.vae,
+        tokenizer=pipe.tokenizer, noise_scheduler=pipe.scheduler,
+    )
+    saved = sample_images(model, ["tiny_char --w 64 --h 64 --s 2"], tmp_path / "sample", "x-01", 64, 1, "cpu")
+    from PIL import Image
+
+    assert [p.name for p in saved] == ["x-01-00.png"] and Image.open(saved[0]).size == (64, 64)

@@ -159,7 +159,7 @@ class TrainSettings(SettingsBase):
     min_bucket_reso: int = Field(256, ge=64, le=4096, multiple_of=8, description="Smallest side of an aspect-ratio bucket.")
     max_bucket_reso: int = Field(1024, ge=64, le=4096, multiple_of=8, description="Largest side of an aspect-ratio bucket.")
     bucket_reso_steps: int = Field(64, ge=8, le=512, multiple_of=8, description="Bucket sides are multiples of this.")
-    cache_latents: bool = Field(True, description="Encode each image once instead of every step: much faster, but no random crops.")
+    cache_latents: bool = Field(True, description="Encode each image once instead of every step. This trainer always does (it has no random crops, so caching changes nothing but speed); the key is kept for kohya's files and metadata.")
     cache_latents_to_disk: bool = Field(True, description="Keep the cached latents next to the images (~250KB each) so later runs skip encoding.")
     gradient_checkpointing: bool = Field(False, description="Save memory at about 30% more time per step: for small GPUs or big batches.")
     prior_loss_weight: float = Field(1.0, ge=0, le=10, description="Loss weight of regularization images (is_reg folders).")

@@ -51,19 +51,19 @@ def run_view(project: Project, output_name: str) -> RunView:
     from lora_gradio.engine.train.loop import read_state_info
     from lora_gradio.engine.train.saving import epoch_files
 
-    job = jobs.latest_job(project, JOB_KIND)
+    run = _run_jobs(project)
+    job = run[-1] if run else None
     view = RunView(status=jobs.job_status(job) if job else None)
     if job is not None:
-        events, _ = jobs.read_events(job)
         first = None
-        for event in events:
+        for event in _progress_events(run):
             if event.get("type") != "progress" or "loss" not in event:
                 continue
             step = int(event.get("done") or 0)
+            if first is None and event["job"] is job:  # the speed counts from this job's first step
+                first = (float(event.get("t") or 0.0), step)
             if view.steps and step <= view.steps[-1]:
                 continue  # a resumed run starts again from its saved step
-            if first is None:
-                first = (float(event.get("t") or 0.0), step)
             view.steps.append(step)
             view.loss.append(float(event["loss"]))
             for key, value in event.items():
@@ -82,3 +82,21 @@ def run_view(project: Project, output_name: str) -> RunView:
     if state is not None and not view.running:
         view.resumable = {k: state.get(k) for k in ("epoch", "global_step", "saved_at")}
     return view
+
+
+def _run_jobs(project: Project) -> list:
+    """The jobs of the newest run, oldest first: a resumed run continues the jobs before it."""
+    chain = []
+    for job in (j for j in jobs.list_jobs(project) if j.kind == JOB_KIND):  # newest first
+        chain.append(job)
+        if not job.kwargs.get("resume"):
+            break
+    return chain[::-1]
+
+
+def _progress_events(run: list) -> list[dict]:
+    out = []
+    for job in run:
+        events, _ = jobs.read_events(job)
+        out.extend({**event, "job": job} for event in events)
+    return out

@@ -75,10 +75,14 @@ def sample_images(model: Any, prompts: list[str], folder: Path, stem: str, resol
         with torch.no_grad():
             embeds = encode_prompts(model.tokenizer, model.text_encoder, [sample.prompt, sample.negative], max_token_length, clip_skip, device=device)
             embeds = embeds.to(model.unet.dtype)
-            image = pipe(
+            latents = pipe(
                 prompt_embeds=embeds[:1], negative_prompt_embeds=embeds[1:], width=sample.width, height=sample.height,
-                num_inference_steps=sample.steps, guidance_scale=sample.scale, generator=generator,
-            ).images[0]
+                num_inference_steps=sample.steps, guidance_scale=sample.scale, generator=generator, output_type="latent",
+            ).images
+            # Decoded here: the UNet runs in 16 bits while the VAE stays in fp32, and the pipeline
+            # would hand the VAE 16-bit latents.
+            decoded = model.vae.decode(latents.to(model.vae.dtype) / model.vae.config.scaling_factor).sample
+            image = pipe.image_processor.postprocess(decoded, output_type="pil")[0]
         target = folder / f"{stem}-{index:02d}.png"
         with atomic_path(target) as tmp:
             image.save(tmp, format="PNG")

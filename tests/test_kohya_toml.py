@@ -238,13 +238,7 @@ prior_loss_weight = 1.0
 cache_latents = true
 """
 
-NOTEBOOK_DATASET = """\
-[[datasets]]
-
-[[datasets.subsets]]
-num_repeats = 10
-image_dir = "/content/drive/MyDrive/Loras/char/dataset"
-
+NOTEBOOK_GENERAL = """\
 [general]
 resolution = 512
 shuffle_caption = true
@@ -257,6 +251,15 @@ bucket_no_upscale = false
 min_bucket_reso = 256
 max_bucket_reso = 1024
 """
+
+NOTEBOOK_DATASET = """\
+[[datasets]]
+
+[[datasets.subsets]]
+num_repeats = 10
+image_dir = "/content/drive/MyDrive/Loras/char/dataset"
+
+""" + NOTEBOOK_GENERAL
 
 
 def write_notebook_files(folder, training=NOTEBOOK_TRAINING, dataset=NOTEBOOK_DATASET):
@@ -291,19 +294,7 @@ def test_import_the_notebooks_older_locon_prodigy_and_custom_dataset(tmp_path):
         'optimizer_type = "AdamW8bit"',
         'optimizer_type = "Prodigy"\noptimizer_args = [ "decouple=True", "weight_decay=0.01", "betas=[0.9,0.999]", "d_coef=2",]',
     ).replace("unet_lr = 0.0005", "unet_lr = 0.5").replace("learning_rate = 0.0005", "learning_rate = 0.5").replace("lr_scheduler_num_cycles = 3\n", "")
-    dataset = textwrap.dedent("""\
-        [general]
-        resolution = 512
-        shuffle_caption = true
-        keep_tokens = 1
-        flip_aug = false
-        caption_extension = ".txt"
-        enable_bucket = true
-        bucket_reso_steps = 64
-        bucket_no_upscale = false
-        min_bucket_reso = 256
-        max_bucket_reso = 1024
-
+    dataset = NOTEBOOK_GENERAL + textwrap.dedent("""
         [[datasets]]
 
         [[datasets.subsets]]

@@ -56,3 +56,13 @@ def open_project(projects: Projects, name: "str | None") -> Project:
 
 def escape(text: str) -> str:
     return html.escape(str(text))
+
+
+def duration_text(seconds: float) -> str:
+    """'40 s', '12 min', '1.5 h': a time left, as a person reads it."""
+    seconds = int(seconds)
+    if seconds < 90:
+        return f"{seconds} s"
+    if seconds < 5400:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds / 3600:.1f} h"

@@ -13,11 +13,11 @@ from lora_gradio.engine import jobs
 from lora_gradio.engine.errors import UserError
 from lora_gradio.engine.project import Projects
 from lora_gradio.ui import compat
-from lora_gradio.ui.common import escape, ok, open_project, shown_errors, warn
+from lora_gradio.ui.common import duration_text, escape, ok, open_project, shown_errors, warn
 from lora_gradio.ui.compat import gr
 
 POLL_SECONDS = 1.0
-_STATE_COLOURS = {jobs.DONE: "#16a34a", jobs.FAILED: "#dc2626", jobs.DIED: "#dc2626", jobs.CANCELLED: "#6b7280"}
+STATE_COLOURS = {jobs.DONE: "#16a34a", jobs.FAILED: "#dc2626", jobs.DIED: "#dc2626", jobs.CANCELLED: "#6b7280"}
 
 
 @dataclass
@@ -42,26 +42,17 @@ def render_status(status: "jobs.JobStatus | None") -> str:
     if status is None:
         return "<div class='lg-job-line' id='lg-job-idle'>No job has run in this project yet.</div>"
     percent = round(status.fraction * 100)
-    colour = _STATE_COLOURS.get(status.state, "#f97316")
+    colour = STATE_COLOURS.get(status.state, "#f97316")
     eta = ""
     if status.active and status.started and status.done and status.total:
         elapsed = time.time() - status.started
         remaining = elapsed / status.done * (status.total - status.done)
-        eta = f" · about {_duration(remaining)} left"
+        eta = f" · about {duration_text(remaining)} left"
     return (
         f"<div id='lg-job' data-state='{status.state}' data-job='{escape(status.job.id)}'>"
         f"<div class='lg-bar'><div style='width:{percent}%;background:{colour}'></div></div>"
         f"<div class='lg-job-line'>{escape(status.headline())}{eta}</div></div>"
     )
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds < 90:
-        return f"{seconds} s"
-    if seconds < 5400:
-        return f"{round(seconds / 60)} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def build_jobs_panel(blocks: "gr.Blocks", projects: Projects, project_dropdown: "gr.Dropdown") -> JobsPanel:

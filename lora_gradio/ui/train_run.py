@@ -15,20 +15,12 @@ from lora_gradio.engine.project import Projects
 from lora_gradio.engine.train.monitor import JOB_KIND, RunView
 from lora_gradio.ui import compat
 from lora_gradio.ui.charts import line_chart
-from lora_gradio.ui.common import escape, ok, open_project, shown_errors, warn
+from lora_gradio.ui.common import duration_text, escape, ok, open_project, shown_errors, warn
 from lora_gradio.ui.compat import gr
+from lora_gradio.ui.jobs_panel import STATE_COLOURS
 
 POLL_SECONDS = 2.0
 TRAIN_FUNC = "lora_gradio.engine.train.loop:train_project"
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds < 90:
-        return f"{seconds} s"
-    if seconds < 5400:
-        return f"{round(seconds / 60)} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def status_html(view: RunView) -> str:
@@ -42,11 +34,11 @@ def status_html(view: RunView) -> str:
         parts.append(f"loss {view.loss[-1]:.4f}")
     eta = view.eta_seconds()
     if eta is not None:
-        parts.append(f"about {_duration(eta)} left")
+        parts.append(f"about {duration_text(eta)} left")
     state = {jobs.RUNNING: "running"}.get(status.state, status.state)
     detail = " · ".join(p for p in parts if p)
     message = "" if view.running else f"<div class='lg-job-line'>{escape(status.message)}</div>"
-    colour = {jobs.DONE: "#16a34a", jobs.FAILED: "#dc2626", jobs.DIED: "#dc2626", jobs.CANCELLED: "#6b7280"}.get(status.state, "#f97316")
+    colour = STATE_COLOURS.get(status.state, "#f97316")
     return (
         f"<div id='lg-train-status' data-state='{status.state}' data-step='{status.done}'>"
         f"<div class='lg-bar' style='height:10px;border-radius:5px;background:rgba(128,128,128,.25);overflow:hidden'>"

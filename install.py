@@ -1,10 +1,15 @@
 """The WebUI runs this before loading the extension: install only what its environment lacks.
 
 It never installs, upgrades or downgrades torch, gradio, fastapi, pydantic or anything else the
-WebUI pins: those are skipped even if listed, because changing them breaks the WebUI.
+WebUI pins: those are skipped even if listed, because changing them breaks the WebUI. Each install
+also runs under a pip constraint file holding the installed versions of those packages, so that a
+dependency of a missing package cannot upgrade them either (pip then fails instead, and says why).
 """
 
+import os
 import re
+import tempfile
+from importlib import metadata
 from pathlib import Path
 
 import launch  # provided by the WebUI (its root is on sys.path while this runs)
@@ -22,6 +27,27 @@ def wanted_packages():
             yield name, line
 
 
-for name, spec in wanted_packages():
-    if not launch.is_installed(name):  # looks up the distribution name, then the module
-        launch.run_pip(f'install "{spec}"', f"{spec} for LoRA Gradio")
+def webui_pins():
+    """`name==version` for each WebUI-owned package installed here."""
+    for name in sorted(WEBUI_OWNED):
+        try:
+            yield f"{name}=={metadata.version(name)}"
+        except metadata.PackageNotFoundError:
+            continue
+
+
+def main():
+    missing = [spec for name, spec in wanted_packages() if not launch.is_installed(name)]  # distribution name, then module
+    if not missing:
+        return
+    handle, constraints = tempfile.mkstemp(prefix="lora_gradio-webui-pins-", suffix=".txt")
+    try:
+        with os.fdopen(handle, "w") as f:
+            f.write("\n".join(webui_pins()) + "\n")
+        for spec in missing:
+            launch.run_pip(f'install "{spec}" -c "{constraints}"', f"{spec} for LoRA Gradio")
+    finally:
+        os.unlink(constraints)
+
+
+main()

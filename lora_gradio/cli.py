@@ -137,6 +137,25 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--export-kohya", metavar="DIR", help="write the settings as kohya's training_config.toml and dataset_config.toml into DIR, without training")
     train.set_defaults(handler=cmd_train)
 
+    compare = sub.add_parser("compare", parents=[common], help="compare the saved epochs and weights on an X/Y grid (or print the WebUI's X/Y/Z plot strings)")
+    compare.add_argument("name", help="project name")
+    compare.add_argument("--prompt", help="prompt (default: the activation tag plus the most common tags)")
+    compare.add_argument("--negative", help="negative prompt")
+    compare.add_argument("--epochs", help="which epochs: all, every2, last3, or numbers like 1,2,5 or 2-6 (default: all)")
+    compare.add_argument("--weights", help="LoRA weights, e.g. 0.5,0.7,1 (default: 0.5 to 1 in steps of 0.1)")
+    compare.add_argument("--seed", type=int, help="seed of the first image (-1: random; default 42)")
+    compare.add_argument("--batch", type=int, help="images per cell (default 1)")
+    compare.add_argument("--steps", type=int, help="sampling steps (default 20)")
+    compare.add_argument("--cfg", type=float, help="CFG scale (default 7)")
+    compare.add_argument("--width", type=int, help="image width (default: the training resolution)")
+    compare.add_argument("--height", type=int, help="image height (default: the training resolution)")
+    compare.add_argument("--no-base", action="store_true", help="leave out the 'no LoRA' column")
+    compare.add_argument("--save-cells", action="store_true", help="also save every single image")
+    compare.add_argument("--xyz", action="store_true", help="print the prompt and Prompt S/R values for the WebUI's X/Y/Z plot; render nothing")
+    compare.add_argument("--webui", metavar="URL", help="render the grid in a running WebUI (started with --api), e.g. http://127.0.0.1:7860")
+    compare.add_argument("--background", action="store_true", help="run as a background job and print its id")
+    compare.set_defaults(handler=cmd_compare)
+
     jobs = sub.add_parser("jobs", parents=[common], help="list, watch and cancel background jobs")
     jobs_sub = jobs.add_subparsers(dest="action", metavar="ACTION", required=True)
     p = jobs_sub.add_parser("list", parents=[common], help="the project's jobs, newest first")
@@ -416,6 +435,25 @@ def _export_kohya(project: Any, settings: Any, folder: str) -> int:
     if model.startswith(("http://", "https://")) or (Path(model).is_absolute() and not Path(model).exists()):
         print(f"note: the base model {model} is not on this machine yet; kohya's scripts need the file (training here once downloads it).", file=sys.stderr)
     return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from lora_gradio.engine import compare
+
+    project = _projects(args).open(args.name)
+    overrides = {
+        "prompt": args.prompt, "negative_prompt": args.negative, "epochs": args.epochs, "weights": args.weights, "seed": args.seed,
+        "batch": args.batch, "steps": args.steps, "cfg_scale": args.cfg, "width": args.width, "height": args.height,
+        "include_base": False if args.no_base else None, "save_cells": True if args.save_cells else None,
+    }
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    compare.resolve_settings(project, overrides)  # bad values stop here, before a job starts or a model loads
+    if args.xyz:
+        print(compare.xyz_plan(project, **overrides).summary())
+        return 0
+    if args.webui:
+        return run_engine_function(project, "compare", "lora_gradio.engine.compare:send_to_webui_job", "Compare in the WebUI", {"url": args.webui, **overrides}, background=args.background)
+    return run_engine_function(project, "compare", "lora_gradio.engine.compare:compare_project", "Compare epochs", overrides, background=args.background)
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:

@@ -339,3 +339,36 @@ def test_train_from_the_page_reattach_cancel_and_resume(app, browser, tiny_model
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"train-{app.label}.png"), full_page=True)
     page.close()
+
+
+def test_compare_grid_and_xyz_values_from_the_test_tab(app, browser, tiny_model):
+    from lora_gradio.engine.train import loop
+    from tests.test_train_run import make_project
+
+    project = make_project(app.root, tiny_model)
+    loop.train_project(project)  # two epochs: tiny_char-01, tiny_char-02
+    page = browser.new_page(viewport={"width": 1280, "height": 1400})
+    page.goto(app.url)
+    open_tab(page, "3. Test")
+    page.wait_for_selector("#lg-compare-found:has-text('tiny_char-02')", timeout=30_000)
+    for key, value in (("weights", "0.5, 1"), ("steps", "2"), ("width", "64"), ("height", "64")):
+        textbox(page, f"lg-compare-{key}").fill(value)
+    page.click("#lg-compare-run")
+    page.wait_for_selector("#lg-compare-message:has-text('Rendering the grid')", timeout=20_000)
+    page.wait_for_selector("#lg-job[data-state='done']:has-text('Compare epochs')", timeout=120_000)
+    page.wait_for_selector("#lg-compare-grid img", timeout=20_000)
+    grids = list((project.output_dir / "compare").glob("tiny_char-grid-*.png"))
+    assert len(grids) == 1
+    from PIL import Image
+
+    width, height = Image.open(grids[0]).size
+    assert width > 3 * 64 and height > 2 * 64  # a base column, two epochs, two weights, with labels
+
+    page.locator("#lg-xyz .label-wrap").first.click()
+    page.click("#lg-xyz-show")
+    page.wait_for_function("document.querySelector('#lg-xyz-x textarea, #lg-xyz-x input').value.includes('-01')", timeout=20_000)
+    assert "<lora:tiny_char-01:0.5>" in page.locator("#lg-xyz-prompt textarea").first.input_value()
+    assert page.locator("#lg-xyz-y textarea, #lg-xyz-y input").first.input_value() == ":0.5, :1"
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"test-tab-{app.label}.png"), full_page=True)
+    page.close()

@@ -124,6 +124,16 @@ def editable_table(columns: int) -> dict[str, Any]:
     return {"row_count": (1, "dynamic"), "col_count": (columns, "fixed")}
 
 
+def copy_button() -> dict[str, Any]:
+    """`gr.Textbox` keyword for a copy button (3.41 and 4/5 have `show_copy_button`; 6 shows one through `buttons`)."""
+    import inspect
+
+    parameters = inspect.signature(gr.Textbox.__init__).parameters
+    if "show_copy_button" in parameters:
+        return {"show_copy_button": True}
+    return {"buttons": ["copy"]} if "buttons" in parameters else {}
+
+
 def gallery_update(items: list) -> Any:
     """New gallery contents with no image selected, so clicking the same image again fires
     `.select` again (Gradio 3.41 has no `selected_index` and keeps the old selection)."""

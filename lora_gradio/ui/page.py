@@ -8,6 +8,7 @@ from lora_gradio.ui.compat import gr
 from lora_gradio.ui.dataset_tab import build_dataset_tab
 from lora_gradio.ui.jobs_panel import build_jobs_panel
 from lora_gradio.ui.project_bar import build_project_bar
+from lora_gradio.ui.test_tab import build_test_tab
 from lora_gradio.ui.train_tab import build_train_tab
 
 
@@ -28,7 +29,5 @@ def build_page(root=None, layout="project", title="LoRA Gradio", webui=None) -> 
             with gr.Tab("2. Train", elem_id="lg-tab-train"):
                 build_train_tab(blocks, projects, bar.dropdown, webui=webui)
             with gr.Tab("3. Test", elem_id="lg-tab-test"):
-                gr.Markdown(
-                    "Epoch x weight comparison grids and the WebUI X/Y/Z helpers will appear here once there are trained epochs to compare."
-                )
+                build_test_tab(blocks, projects, bar.dropdown, webui=webui)
     return blocks

@@ -108,6 +108,9 @@ def build_run_view(blocks, projects: Projects, project_dropdown, controls: RunCo
             view = view_for(project_name)
         except UserError:
             return unchanged
+        if webui is not None and view.status is not None and view.status.state == jobs.DONE and memo.get("finished") != view.status.job.id:
+            memo["finished"] = view.status.job.id
+            _after_training(webui, projects, project_name)
         sample_list = [str(p) for p in view.samples]
         file_list = [str(p) for p in view.epoch_files]
         seen = memo.get(project_name, {})
@@ -173,3 +176,13 @@ def _gallery(paths: list[str]):
     update = compat.gallery_update([(p, Path(p).stem) for p in paths])
     update["visible"] = bool(paths)
     return update
+
+
+def _after_training(webui, projects: Projects, project_name: str) -> None:
+    """Inside the WebUI: copy the finished epochs into its Lora folder when its setting asks for it."""
+    import logging
+
+    try:
+        webui.after_training(projects.open(project_name))
+    except UserError as exc:  # the copy is a convenience: say why in the log, keep the page going
+        logging.getLogger("lora_gradio.ui").warning("copy to the WebUI's Lora folder: %s", exc)

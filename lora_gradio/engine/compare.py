@@ -491,6 +491,15 @@ class _Renderer:
             return self.pipe.image_processor.postprocess(decoded, output_type="pil")
 
 
+def _plan(project: Project, overrides: "dict[str, Any] | None"):
+    """(compare settings, training settings, LoRA name, chosen epoch files): what both ways of comparing start from."""
+    from lora_gradio.engine.train.config import load_settings, resolved_output_name
+
+    settings = resolve_settings(project, overrides)
+    train = load_settings(project)
+    return settings, train, resolved_output_name(train, project), choose_epochs(saved_epochs(project), settings.epochs)
+
+
 def compare_project(project: Project, progress: "Progress | None" = None, **overrides: Any) -> CompareResult:
     """Render the epoch x weight grid (see the module doc) and return where it was saved.
 
@@ -499,12 +508,7 @@ def compare_project(project: Project, progress: "Progress | None" = None, **over
     """
     progress = progress or Progress()
     started = time.monotonic()
-    settings = resolve_settings(project, overrides)
-    from lora_gradio.engine.train.config import load_settings, resolved_output_name
-
-    train = load_settings(project)
-    name = resolved_output_name(train, project)
-    chosen = choose_epochs(saved_epochs(project), settings.epochs)
+    settings, train, name, chosen = _plan(project, overrides)
     prompt = _prompt_of(project, settings)
     cells_total = len(chosen) * len(settings.weights) + (1 if settings.include_base else 0)
     if cells_total * settings.batch > MAX_IMAGES:
@@ -747,12 +751,7 @@ def send_to_webui(url: str, project: Project, progress: "Progress | None" = None
 
     progress = progress or Progress()
     started = time.monotonic()
-    settings = resolve_settings(project, overrides)
-    from lora_gradio.engine.train.config import load_settings, resolved_output_name
-
-    train = load_settings(project)
-    name = resolved_output_name(train, project)
-    chosen = choose_epochs(saved_epochs(project), settings.epochs)
+    settings, train, name, chosen = _plan(project, overrides)
     strings = xyz_strings(name, chosen, settings.weights, _prompt_of(project, settings), settings.negative_prompt)
     base = url.rstrip("/")
     session = requests.Session()

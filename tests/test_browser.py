@@ -372,3 +372,74 @@ def test_compare_grid_and_xyz_values_from_the_test_tab(app, browser, tiny_model)
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"test-tab-{app.label}.png"), full_page=True)
     page.close()
+
+
+def test_the_whole_guide_through_the_page(app, browser, tmp_path, tiny_model):
+    """create -> scrape -> dedupe -> tag -> activation tag -> train -> compare, all by clicking."""
+    from tests.booru_server import BooruServer
+    from tests.tiny_clip import build_tiny_clip
+    from tests.tiny_wd import build_tiny_wd
+
+    wd, clip = build_tiny_wd(tmp_path / "wd"), build_tiny_clip(tmp_path / "clip")
+    page = browser.new_page(viewport={"width": 1280, "height": 1400})
+    page.goto(app.url)
+    page.wait_for_selector("#lg-create-project", timeout=30_000)
+    textbox(page, "lg-new-project").fill("walk")
+    page.click("#lg-create-project")
+    page.wait_for_selector("#lg-project-message:has-text('Created project')", timeout=15_000)
+    project = Projects(app.root).open("walk")
+
+    def images():
+        return sorted(p for p in project.dataset_dir.iterdir() if p.suffix in (".png", ".jpg", ".jpeg"))
+
+    def run_job(button, title, timeout=120_000):
+        page.click(button)
+        page.wait_for_selector(f"#lg-job[data-state='done']:has-text('{title}')", timeout=timeout)
+
+    with BooruServer(n_posts=30) as booru:  # 1. gather
+        page.locator("#lg-scrape-site input").first.click()
+        page.locator("ul[role=listbox] li:has-text('safebooru'), .options li:has-text('safebooru')").first.click()
+        textbox(page, "lg-scrape-tags").fill("fake_tag")
+        textbox(page, "lg-scrape-limit").fill("6")
+        page.get_by_text("Options", exact=True).first.click()
+        textbox(page, "lg-scrape-mirror").fill(booru.safebooru_url)
+        run_job("#lg-scrape-download", "Download images")
+    n = len(images())
+    assert n >= 4
+
+    page.locator("#lg-dedupe .label-wrap").first.click()  # 2. duplicates: none among these (exact copies only)
+    textbox(page, "lg-dedupe-model").fill(clip)
+    textbox(page, "lg-dedupe-threshold").fill("0.9999")
+    run_job("#lg-dedupe-run", "Find duplicates")
+
+    for accordion in ("lg-tag", "lg-curate"):  # 3. tag and curate
+        page.locator(f"#{accordion} .label-wrap").first.click()
+    textbox(page, "lg-tag-model").fill(str(wd))
+    page.locator("#lg-tag-existing label:has-text('overwrite')").first.click()
+    run_job("#lg-tag-run", "Tag images")
+    textbox(page, "lg-curate-activation").fill("walk_char")
+    page.click("#lg-curate-apply")
+    page.wait_for_selector(f"#lg-curate-message:has-text('Changed {n} of {n}')", timeout=20_000)
+    assert all(p.with_suffix(".txt").read_text().startswith("walk_char, ") for p in images())
+
+    open_train_tab(page)  # 4. train two epochs on the tiny model
+    for key, value in (("training_model", str(tiny_model)), ("resolution", "256"), ("num_repeats", "1"), ("how_many", "2"),
+                       ("network_dim", "4"), ("network_alpha", "2")):
+        field = textbox(page, f"lg-set-{key}")
+        field.fill(value)
+        field.press("Tab")
+        page.wait_for_timeout(300)
+    page.locator("#lg-train-extras .label-wrap, #lg-train-advanced .label-wrap").first.click()
+    page.wait_for_selector(f"#lg-train-calc:has-text('{n} images x 1 repeat x 2 epochs')", timeout=20_000)
+    page.click("#lg-train-start")
+    page.wait_for_selector("#lg-train-status[data-state='done']", timeout=240_000)
+    assert sorted(p.name for p in project.output_dir.glob("*.safetensors")) == ["walk-01.safetensors", "walk-02.safetensors"]
+
+    open_tab(page, "3. Test")  # 5. compare
+    page.wait_for_selector("#lg-compare-found:has-text('walk-02')", timeout=30_000)
+    for key, value in (("weights", "0.5, 1"), ("steps", "2"), ("width", "64"), ("height", "64")):
+        textbox(page, f"lg-compare-{key}").fill(value)
+    run_job("#lg-compare-run", "Compare epochs")
+    page.wait_for_selector("#lg-compare-grid img", timeout=20_000)
+    assert len(list((project.output_dir / "compare").glob("walk-grid-*.png"))) == 1
+    page.close()

@@ -29,6 +29,15 @@ def newest_grid(project) -> "Path | None":
     return max(grids, key=lambda p: (p.stat().st_mtime, p.name)) if grids else None
 
 
+def epochs_text(project) -> str:
+    from lora_gradio.engine.compare import saved_epochs
+
+    try:
+        return "Saved epochs: " + escape(", ".join(path.stem for _, path in saved_epochs(project))) + "."
+    except UserError as exc:  # none yet: the engine's sentence says to train first
+        return escape(str(exc))
+
+
 def _overrides(values: list) -> dict:
     data = dict(zip(FIELDS, values))
     for key in ("seed", "batch", "steps", "width", "height"):
@@ -135,30 +144,25 @@ def build_test_tab(blocks, projects: Projects, project_dropdown, webui=None) -> 
     def load_project(project_name):
         from lora_gradio.engine.compare import load_compare_settings
 
-        from lora_gradio.engine.compare import saved_epochs
-
         try:
             project = open_project(projects, project_name)
             saved = load_compare_settings(project)
         except UserError as exc:
             return [escape(str(exc)), *[gr.update()] * (len(FIELDS) + 1)]
-        try:
-            text = "Saved epochs: " + escape(", ".join(path.stem for _, path in saved_epochs(project))) + "."
-        except UserError as exc:  # none yet: the engine's sentence says to train first
-            text = escape(str(exc))
         shown = newest_grid(project)
-        return [text, *(_widget_value(key, getattr(saved, key)) for key in FIELDS), str(shown) if shown else None]
+        return [epochs_text(project), *(_widget_value(key, getattr(saved, key)) for key in FIELDS), str(shown) if shown else None]
 
-    def watch_grid(project_name, memo):
+    def watch_outputs(project_name, memo):
+        """The newest grid and the list of epochs, sent only when they changed (a run may end any time)."""
         try:
-            shown = newest_grid(open_project(projects, project_name))
+            project = open_project(projects, project_name)
         except UserError:
-            return gr.update()
-        key = str(shown) if shown else None
-        if memo.get(project_name, "unset") == key:
-            return gr.update()
-        memo[project_name] = key
-        return key
+            return gr.update(), gr.update()
+        shown = newest_grid(project)
+        state = (str(shown) if shown else None, epochs_text(project))
+        seen = memo.get(project_name, (None, None))
+        memo[project_name] = state
+        return tuple(gr.update() if old == new else new for old, new in zip(seen, state))
 
     render.click(start, inputs=[project_dropdown, *inputs], outputs=[message])
     send.click(start_webui, inputs=[project_dropdown, webui_url, *inputs], outputs=[xyz_message])
@@ -166,5 +170,5 @@ def build_test_tab(blocks, projects: Projects, project_dropdown, webui=None) -> 
     default_prompt.click(fill_default, inputs=[project_dropdown], outputs=[message, widgets["prompt"]])
     project_dropdown.change(load_project, inputs=[project_dropdown], outputs=[found, *inputs, grid])
     blocks.load(load_project, inputs=[project_dropdown], outputs=[found, *inputs, grid])
-    compat.poll(blocks, watch_grid, project_dropdown, [grid], seconds=POLL_SECONDS, memory=True)
+    compat.poll(blocks, watch_outputs, project_dropdown, [grid, found], seconds=POLL_SECONDS, memory=True)
 

@@ -55,6 +55,13 @@ def textbox(page, elem_id):
     return page.locator(f"#{elem_id} textarea, #{elem_id} input").first
 
 
+def create_project_on_page(page, app, name):
+    textbox(page, "lg-new-project").fill(name)
+    page.click("#lg-create-project")
+    page.wait_for_selector("#lg-project-message:has-text('Created project')", timeout=15_000)
+    return Projects(app.root).open(name)
+
+
 def job_state(page):
     return page.locator("#lg-job").get_attribute("data-state", timeout=20_000)
 
@@ -76,10 +83,7 @@ def test_create_project_upload_count_and_reattach(app, browser, tmp_path):
     assert not (tmp_path / "evil").exists() and not any((tmp_path / "Loras").glob("*evil*"))
 
     # Create a project through the page.
-    textbox(page, "lg-new-project").fill("first_char")
-    page.click("#lg-create-project")
-    page.wait_for_selector("#lg-project-message:has-text('Created project')", timeout=15_000)
-    project = Projects(app.root).open("first_char")
+    project = create_project_on_page(page, app, "first_char")
     assert project.dataset_dir.is_dir() and project.settings_file.is_file()
     assert page.locator("#lg-project input").first.input_value() == "first_char"
 
@@ -384,10 +388,7 @@ def test_the_whole_guide_through_the_page(app, browser, tmp_path, tiny_model):
     page = browser.new_page(viewport={"width": 1280, "height": 1400})
     page.goto(app.url)
     page.wait_for_selector("#lg-create-project", timeout=30_000)
-    textbox(page, "lg-new-project").fill("walk")
-    page.click("#lg-create-project")
-    page.wait_for_selector("#lg-project-message:has-text('Created project')", timeout=15_000)
-    project = Projects(app.root).open("walk")
+    project = create_project_on_page(page, app, "walk")
 
     def images():
         return sorted(p for p in project.dataset_dir.iterdir() if p.suffix in (".png", ".jpg", ".jpeg"))

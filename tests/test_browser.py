@@ -55,6 +55,16 @@ def textbox(page, elem_id):
     return page.locator(f"#{elem_id} textarea, #{elem_id} input").first
 
 
+def fill_safebooru_search(page, booru, limit):
+    """The scrape block set to the local booru's Safebooru API, searching `fake_tag`."""
+    page.locator("#lg-scrape-site input").first.click()
+    page.locator("ul[role=listbox] li:has-text('safebooru'), .options li:has-text('safebooru')").first.click()
+    textbox(page, "lg-scrape-tags").fill("fake_tag")
+    textbox(page, "lg-scrape-limit").fill(str(limit))
+    page.get_by_text("Options", exact=True).first.click()
+    textbox(page, "lg-scrape-mirror").fill(booru.safebooru_url)
+
+
 def create_project_on_page(page, app, name):
     textbox(page, "lg-new-project").fill(name)
     page.click("#lg-create-project")
@@ -138,12 +148,7 @@ def test_scrape_search_then_download_from_the_page(app, browser, tmp_path):
         page = browser.new_page(viewport={"width": 1280, "height": 1400})
         page.goto(app.url)
         page.wait_for_selector("#lg-scrape-search", timeout=30_000)
-        page.locator("#lg-scrape-site input").first.click()
-        page.locator("ul[role=listbox] li:has-text('safebooru'), .options li:has-text('safebooru')").first.click()
-        textbox(page, "lg-scrape-tags").fill("fake_tag")
-        textbox(page, "lg-scrape-limit").fill("12")
-        page.get_by_text("Options", exact=True).first.click()
-        textbox(page, "lg-scrape-mirror").fill(booru.safebooru_url)
+        fill_safebooru_search(page, booru, limit=12)
         page.click("#lg-scrape-search")
         page.wait_for_selector("#lg-scrape-found:has-text('posts')", timeout=30_000)
         found = page.locator("#lg-scrape-found").inner_text()
@@ -403,12 +408,7 @@ def test_the_whole_guide_through_the_page(app, browser, tmp_path, tiny_model):
             raise
 
     with BooruServer(n_posts=30) as booru:  # 1. gather
-        page.locator("#lg-scrape-site input").first.click()
-        page.locator("ul[role=listbox] li:has-text('safebooru'), .options li:has-text('safebooru')").first.click()
-        textbox(page, "lg-scrape-tags").fill("fake_tag")
-        textbox(page, "lg-scrape-limit").fill("6")
-        page.get_by_text("Options", exact=True).first.click()
-        textbox(page, "lg-scrape-mirror").fill(booru.safebooru_url)
+        fill_safebooru_search(page, booru, limit=6)
         run_job("#lg-scrape-download", "Download images")
     n = len(images())
     assert n >= 4

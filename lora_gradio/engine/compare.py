@@ -279,6 +279,15 @@ def saved_epochs(project: Project) -> list[tuple[int, Path]]:
 # X/Y/Z plot strings (pure) -----------------------------------------------------------------------
 
 
+def newest_grid(project: Project) -> "Path | None":
+    """The grid rendered last in this project (here or by a WebUI), or None."""
+    folder = project.output_dir / COMPARE_FOLDER
+    if not folder.is_dir():
+        return None
+    grids = [p for p in folder.glob("*.png") if p.is_file()]
+    return max(grids, key=lambda p: (p.stat().st_mtime, p.name)) if grids else None
+
+
 def format_weight(weight: float) -> str:
     """0.5 -> '0.5', 1.0 -> '1', 0.75 -> '0.75' (what goes into `<lora:name:W>`)."""
     text = f"{float(weight):.4f}".rstrip("0").rstrip(".")

@@ -38,12 +38,13 @@ def tag_overview(projects: Projects, project_name: "str | None", n: float):
 
     project = open_project(projects, project_name)
     files = len(tags.caption_files(project))
-    rows = tags.top_tags(project, int(n or 50))
+    counts = tags.tag_counts(project)  # read once: the table, the chart and the total come from it
+    rows = counts[: max(0, int(n or 50))]
     notes = [warn(escape(problem)) for problem in tags.caption_problems(project)]
     if files == 0:
         notes.insert(0, warn("No caption files yet: tag the images above first."))
     else:
-        notes.insert(0, ok(f"{files} caption files, {len(tags.tag_counts(project))} different tags; the {len(rows)} most common:"))
+        notes.insert(0, ok(f"{files} caption files, {len(counts)} different tags; the {len(rows)} most common:"))
     table = [[tag, count, f"{100 * count / files:.0f}%"] for tag, count in rows] or [["", 0, ""]]
     return "\n\n".join(notes), table, tag_chart_html(rows, files)
 

@@ -3,9 +3,8 @@ values to do the same in the WebUI's X/Y/Z plot, or have a running WebUI render 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from lora_gradio.engine import jobs
+from lora_gradio.engine.compare import newest_grid
 from lora_gradio.engine.errors import UserError
 from lora_gradio.engine.project import Projects
 from lora_gradio.ui import compat
@@ -17,16 +16,6 @@ WEBUI_FUNC = "lora_gradio.engine.compare:send_to_webui_job"
 POLL_SECONDS = 2.0
 # The order of the fields on the tab; each is a CompareSettings key.
 FIELDS = ["prompt", "negative_prompt", "epochs", "weights", "include_base", "seed", "batch", "steps", "cfg_scale", "width", "height"]
-
-
-def newest_grid(project) -> "Path | None":
-    from lora_gradio.engine.compare import COMPARE_FOLDER
-
-    folder = project.output_dir / COMPARE_FOLDER
-    if not folder.is_dir():
-        return None
-    grids = [p for p in folder.glob("*.png") if p.is_file()]
-    return max(grids, key=lambda p: (p.stat().st_mtime, p.name)) if grids else None
 
 
 def epochs_text(project) -> str:

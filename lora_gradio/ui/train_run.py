@@ -129,8 +129,7 @@ def build_run_view(blocks, projects: Projects, project_dropdown, controls: RunCo
     def begin(project_name, resume_run: bool, unload_first, values) -> str:
         project = open_project(projects, project_name)
         if not resume_run:
-            settings_of(project, *values)
-            _refuse_unready(project)
+            _refuse_unready(project, settings_of(project, *values))
         if unload_first and webui is not None:
             webui.unload_checkpoint()
         title = "Resume training" if resume_run else "Train LoRA"
@@ -161,12 +160,11 @@ def build_run_view(blocks, projects: Projects, project_dropdown, controls: RunCo
     compat.poll(blocks, refresh, project_dropdown, [status, loss_chart, lr_chart, samples, files, resume, cancel, resume_text], seconds=POLL_SECONDS, memory=True)
 
 
-def _refuse_unready(project) -> None:
+def _refuse_unready(project, settings) -> None:
     """The dataset check's errors stop a start here, with the check's own words."""
     from lora_gradio.engine.train.check import check_training_data
-    from lora_gradio.engine.train.config import load_settings
 
-    check = check_training_data(project, load_settings(project))
+    check = check_training_data(project, settings)
     if check.errors:
         raise UserError(" ".join(f.text for f in check.errors))
 

@@ -65,6 +65,18 @@ def fill_safebooru_search(page, booru, limit):
     textbox(page, "lg-scrape-mirror").fill(booru.safebooru_url)
 
 
+def fill_after_render(page, elem_id, value):
+    """Fill a field in an accordion just opened: Gradio 6 renders its contents then, and a value typed
+    while the field is still mounting can be replaced by the initial one. Type until it stays."""
+    field = textbox(page, elem_id)
+    for _ in range(10):
+        field.fill(value)
+        page.wait_for_timeout(300)
+        if field.input_value() == value:
+            return
+    raise AssertionError(f"#{elem_id} does not keep {value!r}")
+
+
 def create_project_on_page(page, app, name):
     textbox(page, "lg-new-project").fill(name)
     page.click("#lg-create-project")
@@ -414,13 +426,13 @@ def test_the_whole_guide_through_the_page(app, browser, tmp_path, tiny_model):
     assert n >= 4
 
     page.locator("#lg-dedupe .label-wrap").first.click()  # 2. look for duplicates (marks only; nothing moves)
-    textbox(page, "lg-dedupe-model").fill(clip)
+    fill_after_render(page, "lg-dedupe-model", clip)
     run_job("#lg-dedupe-run", "Find duplicates")
     assert len(images()) == n
 
     for accordion in ("lg-tag", "lg-curate"):  # 3. tag and curate
         page.locator(f"#{accordion} .label-wrap").first.click()
-    textbox(page, "lg-tag-model").fill(str(wd))
+    fill_after_render(page, "lg-tag-model", str(wd))
     page.locator("#lg-tag-existing label:has-text('overwrite')").first.click()
     run_job("#lg-tag-run", "Tag images")
     textbox(page, "lg-curate-activation").fill("walk_char")

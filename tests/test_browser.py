@@ -62,7 +62,7 @@ def fill_safebooru_search(page, booru, limit):
     textbox(page, "lg-scrape-tags").fill("fake_tag")
     textbox(page, "lg-scrape-limit").fill(str(limit))
     page.get_by_text("Options", exact=True).first.click()
-    textbox(page, "lg-scrape-mirror").fill(booru.safebooru_url)
+    fill_after_render(page, "lg-scrape-mirror", booru.safebooru_url)
 
 
 def fill_after_render(page, elem_id, value):

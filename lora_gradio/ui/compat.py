@@ -55,35 +55,48 @@ def poll(blocks: gr.Blocks, fn: Callable[..., Any], source: Any, outputs: Sequen
 
     With `memory=True` it is `fn(value, memo)`, where `memo` is a dict kept for this page between
     ticks (fn updates it in place), e.g. to act only when something changed since the last tick.
-    Gradio 4.40+ has `gr.Timer`; Gradio 3 only has `every=` loops (see below).
+    Each tick is a short event that sends the source's value as the page shows it then.
     """
-    if hasattr(gr, "Timer"):
-        if not memory:
-            gr.Timer(seconds).tick(fn, inputs=[source], outputs=list(outputs), **quiet())
-            return
+    inputs, outputs = [source], list(outputs)
+    target = fn
+    if memory:
         memo = gr.State({})
+        inputs.append(memo)
+        outputs.append(memo)
 
-        def tick_with_memo(value: Any, box: dict[str, Any]) -> Any:
+        def target(value: Any, box: dict[str, Any]) -> Any:
             result = fn(value, box)
             result = list(result) if isinstance(result, (list, tuple)) else [result]
             return (*result, box)  # State keeps what an event returns (in-place changes are not kept)
 
-        gr.Timer(seconds).tick(tick_with_memo, inputs=[source, memo], outputs=[*outputs, memo], **quiet())
-        return
-    # Gradio 3 runs `every=` as one loop that calls fn with the arguments of its first call. A
-    # per-session State holding a dict is passed by reference, so updating the dict in place
-    # lets the loop see the latest value (and keeps the memo between ticks).
-    holder = gr.State({"value": getattr(source, "value", None), "memo": {}})
+    _ticker(blocks, seconds)(target, inputs=inputs, outputs=outputs, **quiet())
 
-    def remember(value: Any, box: dict[str, Any]) -> dict[str, Any]:
-        box["value"] = value
-        return box
 
-    def tick(box: dict[str, Any]) -> Any:
-        return fn(box["value"], box["memo"]) if memory else fn(box["value"])
+_TICKERS = [0]
 
-    source.change(remember, inputs=[source, holder], outputs=[holder], **quiet())
-    blocks.load(tick, inputs=[holder], outputs=list(outputs), every=seconds, **quiet())
+
+def _ticker(blocks: gr.Blocks, seconds: float) -> Callable[..., Any]:
+    """The event method that fires every `seconds`.
+
+    Gradio 4.40+ has `gr.Timer`. Gradio 3's `every=` runs one server-side loop per page that keeps
+    its first arguments and a queue worker for as long as the page is open, and its page drops a
+    change event that comes while the same handler is still pending, so a loop fed by `.change`
+    can keep polling a stale project. There the page itself presses a hidden button instead: each
+    press sends the current values, and a press while the last one is pending is dropped, so ticks
+    never pile up.
+    """
+    if hasattr(gr, "Timer"):
+        return gr.Timer(seconds).tick
+    _TICKERS[0] += 1
+    elem_id = f"lg-tick-{_TICKERS[0]}"
+    button = gr.Button(visible=False, elem_id=elem_id)
+    press = (
+        "() => { setInterval(() => { const app = document.querySelector('gradio-app');"
+        f" const button = ((app && app.shadowRoot) || document).querySelector('#{elem_id}');"
+        f" if (button) button.click(); }}, {int(seconds * 1000)}); }}"
+    )
+    blocks.load(None, None, None, _js=press)
+    return button.click
 
 
 def quiet() -> dict[str, Any]:

@@ -101,3 +101,26 @@ def test_latest_job_of_a_kind(project):
     second = jobs.start_job(project, "count", "tests.job_samples:count_slowly", {"n": 1, "delay": 0})
     jobs.wait_job(second, timeout_s=30)
     assert jobs.latest_job(project, "count").id == second.id
+
+
+def test_a_rewritten_job_file_is_read_again(project):
+    """Jobs are remembered between polls; a job.json written again (same size, same instant) is not stale."""
+    job = jobs.start_job(project, "count", "tests.job_samples:count_slowly", {"n": 1, "delay": 0})
+    jobs.wait_job(job, timeout_s=30)
+    for title in ("abc", "abd"):  # the same length: only the file's identity tells them apart
+        listed = jobs.list_jobs(project)[0]
+        listed.title = title
+        listed.save()
+        assert jobs.list_jobs(project)[0].title == title
+    jobs.list_jobs(project)[0].title = "changed by a caller"
+    assert jobs.list_jobs(project)[0].title == "abd"  # callers get their own copy
+
+
+def test_an_ended_status_is_read_again_when_its_events_change(project):
+    job = jobs.start_job(project, "die", "tests.job_samples:die_hard")
+    assert jobs.wait_job(job, timeout_s=30).state == jobs.DIED
+    assert jobs.job_status(job).state == jobs.DIED  # from memory now
+    with open(job.events_file, "a") as f:
+        f.write('{"type": "done", "t": 0, "result": 7}\n')
+    status = jobs.job_status(job)
+    assert status.state == jobs.DONE and status.result == 7

@@ -133,3 +133,27 @@ def test_a_resumed_run_shows_its_whole_curve(project):
     job_with_steps([1, 2, 3], resume=False)
     job_with_steps([3, 4, 5, 6], resume=True)
     assert run_view(project, "char").steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_run_view_reads_only_what_was_appended_and_notices_a_new_file(project):
+    from lora_gradio.engine import jobs
+
+    job = jobs.start_job(project, "train", "tests.job_samples:count_slowly", {"n": 1, "delay": 0}, title="Train LoRA")
+    jobs.wait_job(job, timeout_s=30)
+
+    def append(steps):
+        with open(job.events_file, "a") as f:
+            for step in steps:
+                f.write(json.dumps({"type": "progress", "t": time.time(), "done": step, "total": 9, "loss": 0.5, "lr_unet": 1e-4}) + "\n")
+
+    append([1, 2])
+    assert run_view(project, "char").steps == [1, 2]
+    append([3])
+    with open(job.events_file, "a") as f:
+        f.write('{"type": "progress", "done": 4, "tot')  # a line being written is read when complete
+    assert run_view(project, "char").steps == [1, 2, 3]
+    with open(job.events_file, "a") as f:
+        f.write('al": 9, "loss": 0.5}\n')
+    assert run_view(project, "char").steps == [1, 2, 3, 4]
+    job.events_file.write_text(json.dumps({"type": "progress", "done": 7, "total": 9, "loss": 0.5}) + "\n")  # replaced, shorter
+    assert run_view(project, "char").steps == [7]

@@ -17,6 +17,7 @@ init on POSIX), so it also survives the page's process ending.
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import importlib
 import json
@@ -266,6 +267,27 @@ def to_jsonable(value: Any) -> Any:
 # Watching ---------------------------------------------------------------------------------------
 
 
+# An open page asks about every job of its project each second, and ended jobs never change:
+# what was read is kept per folder, with the size and time of the file it came from.
+_loaded_jobs: dict[Path, tuple[tuple[int, int, int], Job]] = {}
+_ended_statuses: dict[Path, tuple[tuple[int, int, int, bool], JobStatus]] = {}
+
+
+def _file_key(path: Path) -> tuple[int, int, int]:
+    """Changes when the file is replaced (atomic writes make a new inode) or grows."""
+    stat = path.stat()
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
+
+
+def _load_job(folder: Path) -> Job:
+    key = _file_key(folder / "job.json")
+    cached = _loaded_jobs.get(folder)
+    if cached is None or cached[0] != key:
+        cached = (key, Job.load(folder))
+        _loaded_jobs[folder] = cached
+    return copy.copy(cached[1])
+
+
 def list_jobs(project: Project) -> list[Job]:
     """The project's jobs, newest first."""
     if not project.jobs_dir.is_dir():
@@ -273,7 +295,7 @@ def list_jobs(project: Project) -> list[Job]:
     jobs = []
     for folder in sorted(project.jobs_dir.iterdir(), reverse=True):
         try:
-            jobs.append(Job.load(folder))
+            jobs.append(_load_job(folder))
         except (OSError, ValueError, TypeError):
             continue  # a folder being created right now, or foreign
     return jobs
@@ -301,6 +323,20 @@ def active_job(project: Project, kind: "str | None" = None) -> "Job | None":
 
 def job_status(job: Job) -> JobStatus:
     """Read the job's state from its files; O(1) in the length of the run."""
+    try:
+        key = (*_file_key(job.events_file), job.cancel_file.exists())
+    except FileNotFoundError:
+        key = None
+    cached = _ended_statuses.get(job.folder)
+    if key is not None and cached is not None and cached[0] == key:
+        return copy.copy(cached[1])
+    status = _read_status(job)
+    if key is not None and status.state != RUNNING:  # an ended job's files change no more
+        _ended_statuses[job.folder] = (key, copy.copy(status))
+    return status
+
+
+def _read_status(job: Job) -> JobStatus:
     status = JobStatus(job=job, state=RUNNING, cancel_requested=job.cancel_file.exists())
     events = _tail_events(job.events_file)
     for event in events:

@@ -57,8 +57,6 @@ def run_view(project: Project, output_name: str) -> RunView:
     if job is not None:
         first = None
         for event in _progress_events(run):
-            if event.get("type") != "progress" or "loss" not in event:
-                continue
             step = int(event.get("done") or 0)
             if first is None and event["job"] is job:  # the speed counts from this job's first step
                 first = (float(event.get("t") or 0.0), step)
@@ -97,6 +95,29 @@ def _run_jobs(project: Project) -> list:
 def _progress_events(run: list) -> list[dict]:
     out = []
     for job in run:
-        events, _ = jobs.read_events(job)
-        out.extend({**event, "job": job} for event in events)
+        out.extend({**event, "job": job} for event in _step_events(job))
     return out
+
+
+# The page redraws a run every 2 s and a long run writes tens of thousands of events: each job's
+# file is read once, then only what was appended since. A few recent runs are kept.
+_STEP_EVENTS_KEPT = 8
+_step_events_read: dict[Path, tuple[int, list[dict]]] = {}
+
+
+def _step_events(job) -> list[dict]:
+    """The job's progress events that carry a loss (one per reported step), in order."""
+    offset, events = _step_events_read.pop(job.folder, (0, []))
+    try:
+        if job.events_file.stat().st_size < offset:
+            offset, events = 0, []  # the file was replaced
+    except FileNotFoundError:
+        return []
+    new, offset = jobs.read_events(job, offset)
+    steps = [event for event in new if event.get("type") == "progress" and "loss" in event]
+    if steps:
+        events = events + steps  # a new list: a caller may still hold the old one
+    _step_events_read[job.folder] = (offset, events)
+    while len(_step_events_read) > _STEP_EVENTS_KEPT:
+        del _step_events_read[next(iter(_step_events_read))]
+    return events

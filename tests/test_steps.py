@@ -188,3 +188,29 @@ def test_bad_arguments_are_programming_errors():
         plan_steps([FolderPlan("d", 1, 1)], 1, "Minutes", 1)
     with pytest.raises(ValueError):
         plan_steps([FolderPlan("d", 1, 1)], 1, "Epochs", 1, bucket_counts=[])
+
+
+def test_regularization_repeats_follow_kohyas_walk():
+    """The closed form against kohya's loop, written out: first pass with folder repeats, then +1 each."""
+    import random
+
+    from lora_gradio.engine.train.steps import regularization_repeats
+
+    def walk(train, folder_repeats):
+        repeats, n, first = [0] * len(folder_repeats), 0, True
+        while n < train and folder_repeats:
+            for i, r in enumerate(folder_repeats):
+                repeats[i] = r if first else repeats[i] + 1
+                n += r if first else 1
+                if n >= train:
+                    break
+            first = False
+        return repeats
+
+    rng = random.Random(0)
+    for _ in range(500):
+        image_repeats = [rng.choice([1, 1, 2, 5, 10]) for _ in range(rng.randint(0, 12))]
+        train = rng.randint(0, 200)
+        assert regularization_repeats(train, image_repeats) == walk(train, image_repeats), (train, image_repeats)
+    assert regularization_repeats(10, [3, 3, 3, 3, 3]) == [3, 3, 3, 3, 0]  # the last image is not reached
+    assert regularization_repeats(10, [1, 2]) == [5, 5]  # 1 and 2 on the first pass, then 7 more round-robin: +4 and +3

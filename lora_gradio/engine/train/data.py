@@ -28,6 +28,7 @@ from lora_gradio.engine.errors import UserError
 from lora_gradio.engine.fsutil import IMAGE_EXTENSIONS
 from lora_gradio.engine.parallel import WORKERS
 from lora_gradio.engine.progress import Progress, first_few
+from lora_gradio.engine.train.steps import regularization_repeats
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -477,28 +478,11 @@ def collect_items(
 
 
 def _assign_repeats(items: list[ImageItem]) -> None:
-    """kohya's regularization repeats: reg images are taken round-robin (in order) until their count
-    reaches the training count (training images x repeats). The first pass adds each image's folder
-    repeats, later passes one at a time; images not reached get 0 repeats (unused)."""
+    """Set each regularization image's repeats (kohya's round-robin up to the training count)."""
     num_train = sum(item.folder.num_repeats for item in items if not item.is_reg)
     reg = [item for item in items if item.is_reg]
-    for item in reg:
-        item.num_repeats = 0
-    if not reg:
-        return
-    n = 0
-    first_loop = True
-    while n < num_train:
-        for item in reg:
-            if first_loop:
-                item.num_repeats = item.folder.num_repeats
-                n += item.num_repeats
-            else:
-                item.num_repeats += 1
-                n += 1
-            if n >= num_train:
-                break
-        first_loop = False
+    for item, repeats in zip(reg, regularization_repeats(num_train, [item.folder.num_repeats for item in reg])):
+        item.num_repeats = repeats
 
 
 # Captions ----------------------------------------------------------------------------------------

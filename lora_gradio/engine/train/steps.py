@@ -163,33 +163,35 @@ def plan_steps(
     )
 
 
-def _balance_regularization(folders: Sequence[FolderPlan], train_samples: int) -> Dict[int, int]:
-    """Regularization samples per reg folder (by index), the way kohya's DreamBooth dataset balances them.
+def regularization_repeats(train_samples: int, image_repeats: Sequence[int]) -> List[int]:
+    """How often each regularization image is used per epoch, the way kohya's DreamBooth dataset does it.
 
-    kohya walks the reg images in order, counting each with its folder's repeats, until the count reaches
-    the training samples (later images are left out); if the images run out first, it goes round again
-    adding one repeat per image until the count matches.
+    `image_repeats` holds each reg image's folder repeats, in kohya's order. kohya walks the images
+    counting each with its folder's repeats until the count reaches the training samples (later images
+    get 0: unused); if the images run out first, it goes round again adding one per image until it does.
     """
-    reg = [(index, f) for index, f in enumerate(folders) if f.is_reg and f.images > 0]
-    counts: Dict[int, int] = {index: 0 for index, _ in reg}
-    if not reg or train_samples == 0:
-        return counts
+    repeats = [0] * len(image_repeats)
     total = 0
-    for index, f in reg:  # first pass: whole folders while they fit, then the part of one that tips it over
-        needed = train_samples - total
-        if f.images * f.repeats >= needed:
-            images_used = math.ceil(needed / f.repeats)
-            counts[index] += images_used * f.repeats
-            return counts
-        counts[index] += f.images * f.repeats
-        total += f.images * f.repeats
-    needed = train_samples - total  # later passes: +1 per image, round-robin over all reg images
-    reg_images = sum(f.images for _, f in reg)
-    full_rounds, rest = divmod(needed, reg_images)
+    for index, folder_repeats in enumerate(image_repeats):  # the first pass
+        if total >= train_samples:
+            return repeats
+        repeats[index] = folder_repeats
+        total += folder_repeats
+    if total < train_samples and repeats:  # later passes: +1 per image, round-robin
+        full_rounds, rest = divmod(train_samples - total, len(repeats))
+        repeats = [r + full_rounds + (1 if index < rest else 0) for index, r in enumerate(repeats)]
+    return repeats
+
+
+def _balance_regularization(folders: Sequence[FolderPlan], train_samples: int) -> Dict[int, int]:
+    """Regularization samples per reg folder (by index), from `regularization_repeats` of its images."""
+    reg = [(index, f) for index, f in enumerate(folders) if f.is_reg and f.images > 0]
+    per_image = regularization_repeats(train_samples, [f.repeats for _, f in reg for _ in range(f.images)])
+    counts: Dict[int, int] = {}
+    start = 0
     for index, f in reg:
-        extra = min(rest, f.images)
-        counts[index] += full_rounds * f.images + extra
-        rest -= extra
+        counts[index] = sum(per_image[start:start + f.images])
+        start += f.images
     return counts
 
 

@@ -958,6 +958,7 @@ def cuda_grid(args) -> int:
 
     from benchmarks.train_speed import tokenizer_for_benchmark
     from lora_gradio.engine.train import memory
+    from lora_gradio.engine.train.latents import encode_batch_size
     from lora_gradio.engine.train.config import resolved_min_snr_gamma
     from lora_gradio.engine.train.loop import training_step
     from lora_gradio.engine.train.models import BaseModel, ModelSource
@@ -1005,7 +1006,7 @@ def cuda_grid(args) -> int:
     for reso in args.resolutions:
         gpu.empty()
         with gpu.measure(_bytes_of(list(vae.parameters()) + list(vae.buffers())), model_storages(vae)), torch.no_grad():
-            vae.encode(torch.randn(memory.LATENT_CACHE_BATCH, 3, reso, reso, device=dev)).latent_dist.sample()
+            vae.encode(torch.randn(encode_batch_size(reso, reso), 3, reso, reso, device=dev)).latent_dist.sample()
         measured = gpu.peak_allocated()
         estimate = memory.estimate_memory(settings_for(resolution=reso, precision=precision), version).phase_total("caching latents") - memory.CUDA_CONTEXT_BYTES
         print(f"caching latents at {reso} px: measured {measured / GiB:.2f} GiB allocated, estimate {estimate / GiB:.2f} GiB ({(estimate - measured) / measured:+.1%})", flush=True)

@@ -488,3 +488,21 @@ def test_latent_caching_stops_on_cancel(tmp_path, vae):
     with pytest.raises(Cancelled):
         cache.cache(dataset, CancelAfterFirst())
     assert cache.encoded == 1
+
+
+def test_big_buckets_are_encoded_a_few_images_at_a_time(tmp_path, vae, monkeypatch):
+    """The VAE's memory grows with the pixels encoded at once: 4 images at 512 px, 1 at 768 or 1024."""
+    from lora_gradio.engine.train import latents
+
+    assert [latents.encode_batch_size(w, h) for w, h in ((512, 512), (640, 384), (704, 576), (768, 768), (1024, 1024))] == [4, 4, 2, 1, 1]
+    folder = tmp_path / "data"
+    for i in range(5):
+        write(folder, f"img{i}", size=(128, 128), colour=(40 * i, 100, 200))
+    dataset = collect_items([DatasetFolder(folder, num_repeats=1)], ".txt", 128, 64, 256, 64)
+    monkeypatch.setattr(latents, "ENCODE_PIXELS", 2 * 128 * 128)  # the tiny model's "big" bucket
+    calls = counting(vae)
+    try:
+        LatentCache(vae, device="cpu", dtype=vae.dtype).cache(dataset)
+    finally:
+        del vae.encode
+    assert calls == [2, 2, 1]

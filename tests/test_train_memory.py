@@ -90,13 +90,15 @@ def test_the_largest_bucket_has_resolution_squared_pixels():
         assert max(w * h for w, h in make_bucket_resolutions(reso, s.min_bucket_reso, s.max_bucket_reso, s.bucket_reso_steps)) == reso * reso
 
 
-def test_latent_caching_is_its_own_phase():
-    def encoding(reso: int) -> int:
+def test_latent_caching_is_its_own_phase_and_encodes_fewer_images_when_they_are_big():
+    def encoding(reso: int, images: str) -> int:
         caching = est(resolution=reso).phases["caching latents"]
         assert "VAE weights (fp32)" in caching and not any(k.startswith("UNet") for k in caching)
-        return next(v for k, v in caching.items() if k.startswith(f"VAE encoding (4 images at {reso}x{reso}"))
+        return next(v for k, v in caching.items() if k.startswith(f"VAE encoding ({images} at {reso}x{reso}"))
 
-    assert encoding(1024) == pytest.approx(4 * encoding(512), rel=1e-6)
+    # 4 images at 512 px and 1 at 1024 px are the same pixels: the same memory.
+    assert encoding(1024, "1 image") == pytest.approx(encoding(512, "4 images"), rel=1e-6)
+    assert encoding(768, "1 image") < encoding(512, "4 images")
 
 
 def test_versions_and_bad_input():

@@ -23,6 +23,15 @@ if TYPE_CHECKING:  # pragma: no cover
 
 DEFAULT_SCALING_FACTOR = 0.18215  # SD1.x/SD2.x; SDXL's VAE config says 0.13025
 CACHE_FORMAT_VERSION = 1  # bump when the meaning of a cached latent file changes
+# The fp32 VAE encoder needs about 2.5 GB per megapixel it encodes at once (SD's VAE: 2.51 GB for
+# 4 images at 512 px, 2.51 GB for 1 at 1024 px). A batch holds at most this many pixels, so caching
+# never needs more memory than 4 images at 512 px, whatever the resolution.
+ENCODE_PIXELS = 4 * 512 * 512
+
+
+def encode_batch_size(width: int, height: int, most: int = 4) -> int:
+    """How many images of a (width, height) bucket the VAE encodes at once."""
+    return max(1, min(most, ENCODE_PIXELS // max(1, width * height)))
 
 def vae_identity(vae: Any) -> str:
     """A short fingerprint of a VAE: its config plus the bytes of its first and last parameters.
@@ -146,7 +155,8 @@ class LatentCache:
         batches = []
         for bucket in sorted(todo):
             pending = todo[bucket]
-            batches.extend(pending[i : i + self.batch_size] for i in range(0, len(pending), self.batch_size))
+            size = encode_batch_size(*bucket, most=self.batch_size)
+            batches.extend(pending[i : i + size] for i in range(0, len(pending), size))
 
         # Images are decoded in threads, one task per image, a few batches ahead of the VAE.
         ahead = 2

@@ -3,7 +3,7 @@
 `estimate_memory(settings, version)` adds up, in bytes, what a run of loop.py holds on the GPU at its
 peak, phase by phase (loop.py's order):
 
-- caching latents: the VAE in fp32 and its encoder working on a batch of 4 images of the largest bucket
+- caching latents: the VAE in fp32 and its encoder working on a batch of the largest bucket (4 images at 512 px, fewer above)
   (the UNet and the text encoder are not on the GPU yet; the VAE leaves it afterwards);
 - training: the frozen UNet and text encoder in the weight dtype (fp16/bf16, fp32 without mixed precision),
   the network in fp32 with its gradients and the optimizer's state, and the activations of one step at the
@@ -31,13 +31,12 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from lora_gradio.engine.errors import UserError
+from lora_gradio.engine.train.latents import encode_batch_size
 
 MiB = 1 << 20
 GiB = 1 << 30
 
 VERSIONS = {"sd_v1": "sd_v1", "sd15": "sd_v1", "sd1": "sd_v1", "sd_v2": "sd_v2", "sd_v2_v": "sd_v2", "sd2": "sd_v2"}
-# loop.py and latents.py: latents are always cached, by LatentCache's default batch of 4 images.
-LATENT_CACHE_BATCH = 4
 # Sampling runs the UNet on the prompt and the negative prompt together (classifier-free guidance).
 SAMPLING_BATCH = 2
 # How much room the estimate should leave: a policy, not a measurement. The estimate leaves out the
@@ -400,9 +399,10 @@ def estimate_memory(settings: Any, version: str = "sd_v1", *, on_cuda: bool = Tr
         training[f"optimizer step ({optimizer})"] = step_extra
     phases: Dict[str, Dict[str, int]] = {}
     vae_weights = base["vae"] * 4
+    cache_batch = encode_batch_size(width, height)  # loop.py always caches latents, in batches of this many
     phases["caching latents"] = dict(context, **{
         "VAE weights (fp32)": vae_weights,
-        f"VAE encoding ({LATENT_CACHE_BATCH} images at {width}x{height})": int(_VAE_ENCODE_PER_PX[version] * LATENT_CACHE_BATCH * width * height),
+        f"VAE encoding ({cache_batch} image{'s' if cache_batch > 1 else ''} at {width}x{height})": int(_VAE_ENCODE_PER_PX[version] * cache_batch * width * height),
     })
     phases["training"] = training
     sample = largest_sample(settings)
@@ -426,7 +426,7 @@ def estimate_memory(settings: Any, version: str = "sd_v1", *, on_cuda: bool = Tr
         notes.append("on the CPU AdamW8bit is replaced by AdamW (bitsandbytes needs an NVIDIA GPU).")
     estimate = MemoryEstimate(settings, version, on_cuda, precision, (width, height), phases, notes)
     if estimate.peak_phase == "caching latents":
-        notes.append(f"the peak is the VAE encoding {LATENT_CACHE_BATCH} images at once while caching latents (fp32): "
+        notes.append(f"the peak is the VAE encoding {cache_batch} image(s) at once while caching latents (fp32): "
                      "batch size and checkpointing do not change it, a lower resolution does.")
     return estimate
 

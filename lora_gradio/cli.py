@@ -417,21 +417,21 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _print_kohya_notes(project: Any, config: str) -> None:
     """What importing kohya's files changed or left out, before the run starts."""
-    from lora_gradio.engine.train import kohya_toml
+    from lora_gradio.engine.train import kohya
     from lora_gradio.engine.train.config import load_settings
 
-    if kohya_toml.is_kohya_file(config):
-        _, notes = kohya_toml.import_kohya(config, project=project, base=load_settings(project))
+    if kohya.is_kohya_file(config):
+        _, notes = kohya.import_kohya(config, project=project, base=load_settings(project))
         for note in notes:
             print(f"kohya import: {note}", file=sys.stderr)
 
 
 def _export_kohya(project: Any, settings: Any, folder: str) -> int:
-    from lora_gradio.engine.train import kohya_toml
+    from lora_gradio.engine.train import kohya
 
-    for path in kohya_toml.export_kohya(project, settings, folder):
+    for path in kohya.export_kohya(project, settings, folder):
         print(path)
-    model = kohya_toml.kohya_model_location(project, settings)
+    model = kohya.kohya_model_location(project, settings)
     if model.startswith(("http://", "https://")) or (Path(model).is_absolute() and not Path(model).exists()):
         print(f"note: the base model {model} is not on this machine yet; kohya's scripts need the file (training here once downloads it).", file=sys.stderr)
     return 0

@@ -10,9 +10,9 @@ import pytest
 from lora_gradio.cli import main as cli_main
 from lora_gradio.engine.errors import UserError
 from lora_gradio.engine.project import Projects
-from lora_gradio.engine.train import kohya_toml, loop
+from lora_gradio.engine.train import kohya, loop
 from lora_gradio.engine.train.config import TrainSettings, apply_overrides, load_settings, resolved_min_snr_gamma, save_settings
-from lora_gradio.engine.train.kohya_toml import export_kohya, import_kohya, warmup_ratio_for
+from lora_gradio.engine.train.kohya import export_kohya, import_kohya, warmup_ratio_for
 from tests.images_factory import make_image
 
 if sys.version_info >= (3, 11):
@@ -394,7 +394,7 @@ def test_files_that_are_not_a_kohya_training_config_are_refused(tmp_path):
     ours.write_text("[train]\nnum_repeats = 3\n")
     with pytest.raises(UserError, match="is not a kohya training config"):
         import_kohya(ours)
-    assert not kohya_toml.is_kohya_file(ours) and kohya_toml.is_kohya_file(folder / "training_config.toml")
+    assert not kohya.is_kohya_file(ours) and kohya.is_kohya_file(folder / "training_config.toml")
 
 
 def test_import_without_a_dataset_file_keeps_the_dataset_settings(tmp_path):

@@ -110,18 +110,18 @@ def build_train_tab(blocks, projects: Projects, project_dropdown, webui=None) ->
 
     @shown_errors(3 + len(form.keys))
     def import_files(project_name, uploaded, *values):
-        from lora_gradio.engine.train import kohya_toml
+        from lora_gradio.engine.train import kohya
 
         project = open_project(projects, project_name)
-        training, dataset = kohya_toml.split_uploaded(compat.uploaded_paths(uploaded))
-        settings, notes = kohya_toml.import_kohya(training, dataset, project=project, base=settings_from_widgets(form.keys, list(values)))
+        training, dataset = kohya.split_uploaded(compat.uploaded_paths(uploaded))
+        settings, notes = kohya.import_kohya(training, dataset, project=project, base=settings_from_widgets(form.keys, list(values)))
         cfg.save_settings(project, settings)
         text = ok("Imported kohya's settings into this project.") + "".join(f"\n- {escape(note)}" for note in notes)
         return [text, SAVED_HINT, calculator_text(project, settings), *form_values(settings)]
 
     @shown_errors(2)
     def export_files(project_name, *values):
-        from lora_gradio.engine.train.kohya_toml import export_kohya as write_kohya
+        from lora_gradio.engine.train.kohya import export_kohya as write_kohya
 
         project = open_project(projects, project_name)
         paths = write_kohya(project, save_form(project, *values), project.config_dir / "kohya")

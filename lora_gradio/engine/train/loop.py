@@ -80,10 +80,10 @@ def _merge_file(settings: cfg.TrainSettings, path: Path, project: "Project | Non
         raise UserError(f"Settings file {path} does not exist.") from None
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{path} is not valid TOML ({exc}): fix it.") from None
-    from lora_gradio.engine.train import kohya_toml
+    from lora_gradio.engine.train import kohya
 
-    if kohya_toml.looks_like_kohya(data):
-        return kohya_toml.import_kohya(path, project=project, base=settings)[0]
+    if kohya.looks_like_kohya(data):
+        return kohya.import_kohya(path, project=project, base=settings)[0]
     section = data.get(cfg.SECTION, data)
     merged = {**cfg.settings_to_toml(settings), **section}
     return cfg.validate_settings(merged, where=f"In {path}: ")

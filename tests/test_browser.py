@@ -362,6 +362,52 @@ def test_train_from_the_page_reattach_cancel_and_resume(app, browser, tiny_model
     page.close()
 
 
+def test_presets_and_kohya_files_from_the_train_tab(app, browser, tiny_model, tmp_path):
+    from lora_gradio.engine.train.config import load_settings
+    from tests.test_train_run import make_project
+
+    project = make_project(app.root, tiny_model, extra=["network_dim=16", "network_alpha=8"])
+    page = browser.new_page(viewport={"width": 1280, "height": 1400})
+    page.goto(app.url)
+    open_train_tab(page)
+    page.wait_for_selector("#lg-train-calc:has-text('Total:')", timeout=20_000)
+    page.locator("#lg-train-presets .label-wrap").first.click()
+
+    # Save the settings as a preset, change one, then load the preset back.
+    fill_after_render(page, "lg-preset-name", "char 16-8")
+    page.click("#lg-preset-save")
+    page.wait_for_selector("#lg-train-settings-message:has-text('Saved preset')", timeout=20_000)
+    dim = textbox(page, "lg-set-network_dim")
+    dim.fill("32")
+    dim.press("Tab")
+    page.wait_for_selector("#lg-train-settings-message:has-text('Saved to')", timeout=20_000)
+    assert load_settings(project).network_dim == 32
+    page.click("#lg-preset-load")  # the saved preset is the one chosen
+    page.wait_for_selector("#lg-train-settings-message:has-text('Loaded preset')", timeout=20_000)
+    page.wait_for_function("document.querySelector('#lg-set-network_dim input').value === '16'", timeout=20_000)
+    assert load_settings(project).network_dim == 16
+
+    # Export kohya's files, change the settings file behind the page's back, import the files again.
+    page.click("#lg-kohya-export")
+    page.wait_for_selector("#lg-kohya-message:has-text('accelerate launch train_network.py')", timeout=20_000)
+    exported = project.config_dir / "kohya" / "training_config.toml"
+    assert exported.is_file() and "network_dim = 16" in exported.read_text()
+    upload = tmp_path / "upload"
+    upload.mkdir()
+    (upload / "training_config.toml").write_text(exported.read_text().replace("network_dim = 16", "network_dim = 24"))
+    (upload / "dataset_config.toml").write_text((exported.parent / "dataset_config.toml").read_text())
+    with page.expect_response(lambda r: "/upload" in r.url and r.status == 200, timeout=15_000):
+        page.locator("#lg-kohya-upload input[type=file]").set_input_files([str(upload / "training_config.toml"), str(upload / "dataset_config.toml")])
+    page.wait_for_timeout(1000)  # the page takes in the uploaded paths
+    page.click("#lg-kohya-import")
+    page.wait_for_selector("#lg-kohya-message:has-text('Imported')", timeout=20_000)
+    page.wait_for_function("document.querySelector('#lg-set-network_dim input').value === '24'", timeout=20_000)
+    assert load_settings(project).network_dim == 24
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"train-presets-{app.label}.png"), full_page=True)
+    page.close()
+
+
 def test_compare_grid_and_xyz_values_from_the_test_tab(app, browser, tiny_model):
     from lora_gradio.engine.train import loop
     from tests.test_train_run import make_project

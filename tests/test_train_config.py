@@ -272,3 +272,25 @@ def test_force_steps_and_limit_are_exposed():
 @pytest.mark.parametrize("value, expected", [(True, 5.0), (False, None), (0.0, None), (8.0, 8.0), (1.0, 1.0)])
 def test_resolved_min_snr_gamma(value, expected):
     assert resolved_min_snr_gamma(TrainSettings(min_snr_gamma=value)) == expected
+
+
+def test_saves_of_different_settings_at_the_same_time_all_land(project):
+    """The page saves a field when it is left, while a preset or another field may be saving too."""
+    import threading
+
+    from lora_gradio.engine.train.config import load_settings, update_settings
+
+    def save(key, values):
+        for value in values:
+            update_settings(project, {key: value})
+
+    threads = [threading.Thread(target=save, args=("network_dim", range(1, 41))), threading.Thread(target=save, args=("how_many", range(1, 41)))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    settings = load_settings(project)
+    assert (settings.network_dim, settings.how_many) == (40, 40)
+    project.write_section("tags", {"activation": "x"})  # other sections are kept
+    update_settings(project, {"network_alpha": 2})
+    assert project.read_section("tags") == {"activation": "x"} and load_settings(project).network_alpha == 2

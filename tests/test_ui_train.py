@@ -73,3 +73,39 @@ def test_status_and_resume_texts():
     assert "No training has run" in status_html(RunView(None))
     view = RunView(None, resumable={"epoch": 3, "global_step": 12, "saved_at": 0})
     assert "epoch 3, step 12" in resume_note(view) and resume_note(RunView(None)) == ""
+
+
+def _train_tab_handler(blocks, name, setting=None):
+    functions = blocks.fns.values() if isinstance(blocks.fns, dict) else blocks.fns
+    found = list({id(f.fn): f.fn for f in functions if getattr(f.fn, "__qualname__", "").startswith(f"build_train_tab.<locals>.{name}")
+                  and getattr(f.fn, "setting", None) == setting}.values())  # one function may serve several events
+    assert len(found) == 1, name
+    return found[0]
+
+
+def test_the_form_is_never_saved_into_a_project_it_was_not_loaded_from(tmp_path):
+    """Gradio 3 can drop a project change, leaving another project's settings on the form."""
+    from lora_gradio.engine.project import Projects
+    from lora_gradio.ui.page import build_page
+
+    projects = Projects(tmp_path / "Loras")
+    for name, dim in (("a", 8), ("b", 32)):
+        cfg.save_settings(projects.create(name), cfg.apply_overrides(cfg.defaults(), [f"network_dim={dim}", "network_alpha=4"]))
+    blocks = build_page(projects.root)
+    load_project, save_alpha = _train_tab_handler(blocks, "load_project"), _train_tab_handler(blocks, "autosave_for", "network_alpha")
+    loaded = load_project("a")
+    assert loaded[-1] == "a"
+    keys = [key for _, _, section, _ in SECTIONS for key in section]  # the form's order
+    alpha = loaded[2:-1][keys.index("network_alpha")]  # a's value, as the form shows it
+
+    message, _ = save_alpha("b", "a", 2)  # the list says b, the form still shows a
+    assert "nothing was saved" in message
+    assert cfg.load_settings(projects.open("b")).network_alpha == 4
+    message, _ = save_alpha("b", None, 2)  # nothing loaded yet
+    assert "nothing was saved" in message and cfg.load_settings(projects.open("b")).network_alpha == 4
+
+    message, _ = save_alpha("a", "a", 2)
+    saved = cfg.load_settings(projects.open("a"))
+    assert alpha == 4 and "Saved" in message and saved.network_alpha == 2 and saved.network_dim == 8  # only the field left is written
+    message, _ = save_alpha("a", "a", None)  # an emptied number field
+    assert "network_alpha" in message and cfg.load_settings(projects.open("a")).network_alpha == 2

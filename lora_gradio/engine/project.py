@@ -19,6 +19,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 import unicodedata
 from dataclasses import dataclass
 from enum import Enum
@@ -192,9 +193,15 @@ class Project:
         """Replace one section (e.g. ``train``) of the settings file, atomically, keeping the others."""
         import tomli_w
 
-        settings = self.read_settings()
-        settings[section] = _drop_none(values)
-        atomic_write_text(self.settings_file, tomli_w.dumps(settings))
+        with SETTINGS_LOCK:
+            settings = self.read_settings()
+            settings[section] = _drop_none(values)
+            atomic_write_text(self.settings_file, tomli_w.dumps(settings))
+
+
+# A page saves settings from several threads at once, and every save reads the file, changes a part
+# and writes it all back: saves (and read-change-write steps built on them) take turns.
+SETTINGS_LOCK = threading.RLock()
 
 
 def _drop_none(values: dict[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from lora_gradio.ui import compat
 from lora_gradio.ui.common import escape, ok, open_project, shown_errors, warn
 from lora_gradio.ui.compat import gr
 from lora_gradio.ui.train_checks import calculator_text, data_check_text, memory_check_text
-from lora_gradio.ui.train_form import build_settings_form, settings_from_widgets, to_widget
+from lora_gradio.ui.train_form import build_settings_form, from_widget, settings_from_widgets, to_widget
 from lora_gradio.ui.train_run import build_run_controls, build_run_view
 
 SAVED_HINT = "Changes are saved to the project's settings file as you make them."
@@ -55,31 +55,53 @@ def build_train_tab(blocks, projects: Projects, project_dropdown, webui=None) ->
                     check_memory = gr.Button("Check GPU memory", elem_id="lg-train-check-memory")
                 settings_message = gr.Markdown(SAVED_HINT, elem_classes=["lg-message"], elem_id="lg-train-settings-message")
 
-    def save_form(project, *values) -> cfg.TrainSettings:
+    # Which project's settings the form shows. Gradio 3 drops a project change that comes while the
+    # last one is still loading, so the form can show another project's settings than the list;
+    # saving them would overwrite this project's. Everything that saves the form checks this first.
+    shown = gr.State(None)
+    form_inputs = [shown, *form.widgets]
+
+    def require_shown(project, shown_name) -> None:
+        if shown_name != project.name:
+            raise UserError(
+                f"The form shows the settings of {shown_name or 'no project yet'}, not of {project.name}: "
+                f"nothing was saved. Choose {project.name} in the Project list again to load its settings."
+            )
+
+    def save_form(project, shown_name, *values) -> cfg.TrainSettings:
+        require_shown(project, shown_name)
         settings = settings_from_widgets(form.keys, list(values))
         cfg.save_settings(project, settings)
         return settings
 
-    build_run_view(blocks, projects, project_dropdown, controls, save_form, form.widgets, webui=webui)
+    build_run_view(blocks, projects, project_dropdown, controls, save_form, form_inputs, webui=webui)
 
     def form_values(settings: cfg.TrainSettings) -> list:
         return [to_widget(key, getattr(settings, key)) for key in form.keys]
 
-    @shown_errors(2)
-    def autosave(project_name, *values):
-        project = open_project(projects, project_name)
-        settings = save_form(project, *values)
-        return ok(f"Saved to `{escape(project.settings_file.name)}` at {time.strftime('%H:%M:%S')}."), calculator_text(project, settings)
+    def autosave_for(key: str):
+        """Save one field. Only its own value: a field left while a preset or an import loads must not
+        write the form's older values over what they saved."""
+
+        @shown_errors(2)
+        def autosave(project_name, shown_name, value):
+            project = open_project(projects, project_name)
+            require_shown(project, shown_name)
+            settings = cfg.update_settings(project, {key: from_widget(key, value)})
+            return ok(f"Saved to `{escape(project.settings_file.name)}` at {time.strftime('%H:%M:%S')}."), calculator_text(project, settings)
+
+        autosave.setting = key
+        return autosave
 
     def load_project(project_name):
         try:
             project = open_project(projects, project_name)
             settings = cfg.load_settings(project)
         except UserError as exc:
-            return [warn(escape(str(exc))), gr.update(), *[gr.update()] * len(form.keys)]
-        return [SAVED_HINT, calculator_text(project, settings), *form_values(settings)]
+            return [warn(escape(str(exc))), gr.update(), *[gr.update()] * len(form.keys), None]
+        return [SAVED_HINT, calculator_text(project, settings), *form_values(settings), project.name]
 
-    @shown_errors(2 + len(form.keys))
+    @shown_errors(3 + len(form.keys))
     def apply_preset(project_name, name):
         from lora_gradio.engine.train.presets import load_preset as read_preset
 
@@ -88,7 +110,7 @@ def build_train_tab(blocks, projects: Projects, project_dropdown, webui=None) ->
         project = open_project(projects, project_name)
         settings = read_preset(projects.root, name)
         cfg.save_settings(project, settings)
-        return [ok(f"Loaded preset **{escape(name)}** into this project's settings."), calculator_text(project, settings), *form_values(settings)]
+        return [ok(f"Loaded preset **{escape(name)}** into this project's settings."), calculator_text(project, settings), *form_values(settings), project.name]
 
     @shown_errors(2)
     def store_preset(name, *values):
@@ -108,16 +130,18 @@ def build_train_tab(blocks, projects: Projects, project_dropdown, webui=None) ->
         project = open_project(projects, project_name)
         return memory_check_text(project, save_form(project, *values))
 
-    @shown_errors(3 + len(form.keys))
-    def import_files(project_name, uploaded, *values):
+    @shown_errors(4 + len(form.keys))
+    def import_files(project_name, uploaded, shown_name, *values):
         from lora_gradio.engine.train import kohya
 
         project = open_project(projects, project_name)
         training, dataset = kohya.split_uploaded(compat.uploaded_paths(uploaded))
-        settings, notes = kohya.import_kohya(training, dataset, project=project, base=settings_from_widgets(form.keys, list(values)))
+        # What kohya's files do not describe keeps this project's values (the form's, once it shows them).
+        base = settings_from_widgets(form.keys, list(values)) if shown_name == project.name else cfg.load_settings(project)
+        settings, notes = kohya.import_kohya(training, dataset, project=project, base=base)
         cfg.save_settings(project, settings)
         text = ok("Imported kohya's settings into this project.") + "".join(f"\n- {escape(note)}" for note in notes)
-        return [text, SAVED_HINT, calculator_text(project, settings), *form_values(settings)]
+        return [text, SAVED_HINT, calculator_text(project, settings), *form_values(settings), project.name]
 
     @shown_errors(2)
     def export_files(project_name, *values):
@@ -130,13 +154,13 @@ def build_train_tab(blocks, projects: Projects, project_dropdown, webui=None) ->
     for key, widget in zip(form.keys, form.widgets):
         # Typing fields save when left (not on every key), choices and tables as soon as they change.
         event = widget.blur if isinstance(widget, (gr.Textbox, gr.Number)) else widget.input
-        event(autosave, inputs=[project_dropdown, *form.widgets], outputs=[settings_message, calculator], show_progress="hidden")
-    loaded_outputs = [settings_message, calculator, *form.widgets]
+        event(autosave_for(key), inputs=[project_dropdown, shown, widget], outputs=[settings_message, calculator], show_progress="hidden")
+    loaded_outputs = [settings_message, calculator, *form.widgets, shown]
     project_dropdown.change(load_project, inputs=[project_dropdown], outputs=loaded_outputs)
     blocks.load(load_project, inputs=[project_dropdown], outputs=loaded_outputs)
     load_preset.click(apply_preset, inputs=[project_dropdown, preset], outputs=loaded_outputs)
     save_preset.click(store_preset, inputs=[preset_name, *form.widgets], outputs=[settings_message, preset])
-    import_kohya.click(import_files, inputs=[project_dropdown, kohya_upload, *form.widgets], outputs=[kohya_message, *loaded_outputs], **compat.upload_event_options())
-    export_kohya.click(export_files, inputs=[project_dropdown, *form.widgets], outputs=[kohya_message, kohya_files])
-    check_data.click(run_data_check, inputs=[project_dropdown, *form.widgets], outputs=[check_result])
-    check_memory.click(run_memory_check, inputs=[project_dropdown, *form.widgets], outputs=[check_result])
+    import_kohya.click(import_files, inputs=[project_dropdown, kohya_upload, *form_inputs], outputs=[kohya_message, *loaded_outputs], **compat.upload_event_options())
+    export_kohya.click(export_files, inputs=[project_dropdown, *form_inputs], outputs=[kohya_message, kohya_files])
+    check_data.click(run_data_check, inputs=[project_dropdown, *form_inputs], outputs=[check_result])
+    check_memory.click(run_memory_check, inputs=[project_dropdown, *form_inputs], outputs=[check_result])

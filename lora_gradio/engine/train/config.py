@@ -255,6 +255,19 @@ def save_settings(project: "Project", settings: TrainSettings) -> None:
     project.write_section(SECTION, settings_to_toml(settings))
 
 
+def update_settings(project: "Project", changes: Mapping[str, Any]) -> TrainSettings:
+    """Change some settings and keep the others as stored, as one step: two saves of different
+    settings at the same time both land."""
+    from lora_gradio.engine.project import SETTINGS_LOCK
+
+    with SETTINGS_LOCK:
+        data = settings_to_toml(load_settings(project))
+        data.update(changes)
+        settings = validate_settings(data)
+        save_settings(project, settings)
+    return settings
+
+
 def settings_to_toml(settings: TrainSettings) -> Dict[str, Any]:
     """Plain TOML-ready data: None (unset per-folder values) left out, as TOML has no null."""
     data = to_dict(settings)

@@ -36,6 +36,9 @@ def build_caption_editor(projects: Projects, project_dropdown: "gr.Dropdown") ->
                     save_next = gr.Button("Save and next", elem_id="lg-editor-save-next")
                 message = gr.Markdown(elem_classes=["lg-message"], elem_id="lg-editor-message")
     choices = gr.State([])
+    # The project the list was made from. Showing and saving use it, not the Project list: Gradio 3
+    # can drop a project change, and tags read from one project must not be saved into another.
+    listed_project = gr.State(None)
 
     def show(project_name, rel):
         from lora_gradio.engine.tags import image_caption
@@ -48,7 +51,7 @@ def build_caption_editor(projects: Projects, project_dropdown: "gr.Dropdown") ->
         except UserError as exc:
             return None, "", warn(str(exc))
 
-    @shown_errors(5)
+    @shown_errors(6)
     def list_images(project_name, having_value):
         from lora_gradio.engine.tags import image_list
 
@@ -57,7 +60,7 @@ def build_caption_editor(projects: Projects, project_dropdown: "gr.Dropdown") ->
         first = found[0] if found else None
         # Show the first image here too: when it was already picked, no change event reloads its tags.
         shown_image, shown_caption, _ = show(project_name, first)
-        return text if found else warn(text), gr.update(choices=found, value=first), found, shown_image, shown_caption
+        return text if found else warn(text), gr.update(choices=found, value=first), found, shown_image, shown_caption, project_name
 
     def save_caption(project_name, rel, text) -> str:
         from lora_gradio.engine.tags import set_image_caption
@@ -74,11 +77,12 @@ def build_caption_editor(projects: Projects, project_dropdown: "gr.Dropdown") ->
     def store_and_move(project_name, rel, text, found):
         return save_caption(project_name, rel, text), gr.update(value=neighbour(found, rel, 1))
 
-    refresh.click(list_images, inputs=[project_dropdown, having], outputs=[message, picked, choices, image, caption])
-    having.submit(list_images, inputs=[project_dropdown, having], outputs=[message, picked, choices, image, caption])
-    project_dropdown.change(list_images, inputs=[project_dropdown, having], outputs=[message, picked, choices, image, caption])
-    picked.change(show, inputs=[project_dropdown, picked], outputs=[image, caption, message])
+    listed = [message, picked, choices, image, caption, listed_project]
+    refresh.click(list_images, inputs=[project_dropdown, having], outputs=listed)
+    having.submit(list_images, inputs=[project_dropdown, having], outputs=listed)
+    project_dropdown.change(list_images, inputs=[project_dropdown, having], outputs=listed)
+    picked.change(show, inputs=[listed_project, picked], outputs=[image, caption, message])
     previous.click(move(-1), inputs=[choices, picked], outputs=[picked])
     following.click(move(1), inputs=[choices, picked], outputs=[picked])
-    save.click(shown_errors(1)(save_caption), inputs=[project_dropdown, picked, caption], outputs=[message])
-    save_next.click(store_and_move, inputs=[project_dropdown, picked, caption, choices], outputs=[message, picked])
+    save.click(shown_errors(1)(save_caption), inputs=[listed_project, picked, caption], outputs=[message])
+    save_next.click(store_and_move, inputs=[listed_project, picked, caption, choices], outputs=[message, picked])

@@ -291,3 +291,11 @@ def test_the_constants_agree_with_a_fresh_measurement_of_sd15(precision, checkpo
     assert abs(estimate - measured) / measured < 0.03
     counts = me.network_param_counts(network)
     assert memory.network_params("sd_v1", lora_type, dim, conv_dim, train_te) == counts
+
+
+def test_a_gpu_run_logs_its_real_peak_beside_the_estimate():
+    estimate = est()
+    expected = estimate.total - memory.CUDA_CONTEXT_BYTES
+    line = memory.peak_report(estimate, allocated=int(expected / 1.25), reserved=expected)
+    assert line.startswith("GPU memory: peak ") and f"while {estimate.peak_phase} (+25%)" in line
+    assert "(-20%)" in memory.peak_report(estimate, allocated=int(expected / 0.8), reserved=expected)

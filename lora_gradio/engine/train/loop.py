@@ -373,7 +373,18 @@ def _run(project: Project, settings: cfg.TrainSettings, dataset: Any, plan: Step
     result.steps = global_step
     if main:
         _clear_state(project)
+        if on_cuda:
+            _log_peak_memory(settings, model.version, device, progress)
     return result
+
+
+def _log_peak_memory(settings: cfg.TrainSettings, version: str, device: Any, progress: Progress) -> None:
+    import torch
+
+    from lora_gradio.engine.train import memory
+
+    estimate = memory.estimate_memory(settings, version, on_cuda=True, bf16_supported=torch.cuda.is_bf16_supported())
+    progress.log(memory.peak_report(estimate, torch.cuda.max_memory_allocated(device), torch.cuda.max_memory_reserved(device)))
 
 
 def _learning_rates(optimizer: Any) -> dict[str, float]:

@@ -431,6 +431,15 @@ def estimate_memory(settings: Any, version: str = "sd_v1", *, on_cuda: bool = Tr
     return estimate
 
 
+def peak_report(estimate: MemoryEstimate, allocated: int, reserved: int) -> str:
+    """A line for the end of a GPU run's log: torch's real peak beside the estimate, so every run
+    measures the estimate's error (torch's figures leave out the CUDA context; the estimate has it)."""
+    expected = estimate.total - (CUDA_CONTEXT_BYTES if estimate.on_cuda else 0)
+    error = f" ({(expected - allocated) / allocated:+.0%})" if allocated else ""
+    return (f"GPU memory: peak {gib(allocated)} allocated by torch, {gib(reserved)} reserved; "
+            f"estimated {gib(expected)} while {estimate.peak_phase}{error}")
+
+
 # Fitting it ----------------------------------------------------------------------------------------
 
 

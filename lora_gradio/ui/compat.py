@@ -83,17 +83,19 @@ def _ticker(blocks: gr.Blocks, seconds: float) -> Callable[..., Any]:
     change event that comes while the same handler is still pending, so a loop fed by `.change`
     can keep polling a stale project. There the page itself presses a hidden button instead: each
     press sends the current values, and a press while the last one is pending is dropped, so ticks
-    never pile up.
+    never pile up. A part of the page that is not shown (another tab) is not refreshed until it is.
     """
     if hasattr(gr, "Timer"):
         return gr.Timer(seconds).tick
     _TICKERS[0] += 1
     elem_id = f"lg-tick-{_TICKERS[0]}"
     button = gr.Button(visible=False, elem_id=elem_id)
+    # Only while the part of the page holding the button is shown (not on another tab of the WebUI).
     press = (
         "() => { setInterval(() => { const app = document.querySelector('gradio-app');"
         f" const button = ((app && app.shadowRoot) || document).querySelector('#{elem_id}');"
-        f" if (button) button.click(); }}, {int(seconds * 1000)}); }}"
+        " if (button && button.parentElement && button.parentElement.getClientRects().length) button.click();"
+        f" }}, {int(seconds * 1000)}); }}"
     )
     blocks.load(None, None, None, _js=press)
     return button.click

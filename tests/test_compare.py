@@ -245,7 +245,7 @@ def test_sr_strings_avoid_values_that_occur_twice():
     assert strings.x_values == "v-01-01, v-01-02" and strings.y_values == ":0.5>, :1>"
     for values in (strings.x_values, strings.y_values):
         assert strings.prompt.count(values.split(", ")[0]) == 1
-    assert compare._csv(['a,b', 'c"d', "e"]) == '"a,b", "c""d", e'
+    assert compare.xyz._csv(['a,b', 'c"d', "e"]) == '"a,b", "c""d", e'
 
 
 def test_cli_xyz_prints_the_strings(tmp_path, capsys):

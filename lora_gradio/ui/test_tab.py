@@ -1,4 +1,4 @@
-"""The Test tab: compare the saved epochs at several weights on one grid (engine/compare.py), and the
+"""The Test tab: compare the saved epochs at several weights on one grid (engine/compare/), and the
 values to do the same in the WebUI's X/Y/Z plot, or have a running WebUI render it."""
 
 from __future__ import annotations

@@ -17,10 +17,20 @@ import launch  # provided by the WebUI (its root is on sys.path while this runs)
 WEBUI_OWNED = {"torch", "torchvision", "gradio", "fastapi", "pydantic", "numpy", "pillow", "transformers", "accelerate", "safetensors", "requests", "tomli"}
 
 
+def applies_here(marker: str) -> bool:
+    """An environment marker such as `sys_platform != "darwin"`, evaluated for this Python."""
+    try:
+        from packaging.markers import Marker
+    except ImportError:  # without packaging, leave such lines out (they are optional extras)
+        return False
+    return Marker(marker).evaluate()
+
+
 def wanted_packages():
     for line in (Path(__file__).parent / "requirements.txt").read_text().splitlines():
-        line = line.split("#")[0].strip()
-        if not line or ";" in line:  # markers are for old Pythons the WebUI does not use
+        line, _, marker = line.split("#")[0].partition(";")
+        line = line.strip()
+        if not line or (marker.strip() and not applies_here(marker.strip())):
             continue
         name = re.split(r"[<>=!~\[ ]", line, maxsplit=1)[0].lower()
         if name not in WEBUI_OWNED:

@@ -156,6 +156,16 @@ def test_cli_dry_run_and_step_limit(tmp_path, tiny_model, capsys):
     assert cli_main(["--root", root, "train", "tiny_char", "--dry-run"]) == 0
     out, err = capsys.readouterr()
     assert "4 images x 1 repeat x 2 epochs / 2 batch = 4 steps" in err and "Dry run" in out
+    assert "advice: 4 images x repeats = 4 samples per epoch" in err and "raise num_repeats" in err  # as the page's check says
+    (project.dataset_dir / "3.txt").write_text("1girl, smile")  # the activation tag is missing here
+    (project.dataset_dir / "1.txt").unlink()  # and this image has no caption
+    assert cli_main(["--root", root, "train", "tiny_char", "--dry-run"]) == 0
+    out, err = capsys.readouterr()
+    assert "1 of 3 training captions do not start with the activation tag" in err
+    missing = [line for line in err.splitlines() if "1.png" in line and "caption" in line]
+    assert len(missing) == 1, err  # said once
+    (project.dataset_dir / "1.txt").write_text("tiny_char, 1girl")
+    (project.dataset_dir / "3.txt").write_text("tiny_char, 1girl")
     code = cli_main(["--root", root, "train", "tiny_char", "--dry-run", "--set", "num_repeats=1000", "--set", "how_many=100"])
     out, err = capsys.readouterr()
     assert code == 2 and "probably a mistake" in err and "force_steps=true" in err
@@ -239,3 +249,24 @@ def test_samples_with_a_16_bit_unet_and_an_fp32_vae(tmp_path, tiny_model):
     from PIL import Image
 
     assert [p.name for p in saved] == ["x-01-00.png"] and Image.open(saved[0]).size == (64, 64)
+
+
+def test_a_missing_optimizer_package_is_refused_before_the_model_loads(tmp_path, monkeypatch):
+    """The guide's AdamW8bit needs bitsandbytes on a GPU; finding out after a 2 GB download is too late."""
+    import importlib.util
+
+    from lora_gradio.engine.train import loop, optim
+
+    project = make_project(tmp_path / "Loras", "anime", extra=["optimizer=Prodigy"])  # a preset: loading it would download
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "prodigyopt" else real_find_spec(name, *a))
+    with pytest.raises(UserError, match="pip install prodigyopt"):
+        loop.train_project(project, dry_run=True)
+    monkeypatch.setattr(loop, "_cuda_available", lambda: True)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real_find_spec(name, *a))
+    with pytest.raises(UserError, match="pip install bitsandbytes"):
+        optim.check_optimizer_installed("AdamW8bit", on_cuda=True)
+    optim.check_optimizer_installed("AdamW8bit", on_cuda=False)  # the CPU trains with AdamW instead
+    project_8bit = make_project(tmp_path / "Other", "anime", extra=["optimizer=AdamW8bit"])
+    with pytest.raises(UserError, match="pip install bitsandbytes"):
+        loop.train_project(project_8bit)  # refused before anything loads

@@ -312,13 +312,14 @@ def test_installer_adds_only_what_is_missing_and_never_webui_pins(monkeypatch):
 
     launch.run_pip = run_pip
     runpy.run_path(str(REPO / "install.py"))
-    assert calls == ['install "tomli-w>=1.0"']
+    # Lines with a marker count where it holds: bitsandbytes (not on macOS) yes, tomli (Python < 3.11) not here.
+    assert calls == ['install "tomli-w>=1.0"', 'install "bitsandbytes>=0.43"'] and sys.version_info >= (3, 11)
     # Every install runs under the installed versions of the WebUI's packages, so no dependency moves them.
     from importlib import metadata
 
     assert f"gradio=={metadata.version('gradio')}" in pins[0] and f"pydantic=={metadata.version('pydantic')}" in pins[0]
     assert all(pin.split("==")[0] in {"torch", "torchvision", "gradio", "fastapi", "pydantic", "numpy", "pillow", "transformers", "accelerate", "safetensors", "requests", "tomli"} for pin in pins[0])
-    installed.add("tomli-w")
+    installed.update({"tomli-w", "bitsandbytes"})
     # Missing training packages are added, the WebUI's own never (even when missing here).
     installed.discard("diffusers")
     calls.clear()

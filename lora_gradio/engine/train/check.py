@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from lora_gradio.engine.errors import UserError
 from lora_gradio.engine.fsutil import is_image_file
@@ -77,14 +78,21 @@ def check_training_data(project: Project, settings: cfg.TrainSettings, progress:
         shown = first_few([f"{p.name} ({reason})" for p, reason in dataset.problems])
         check.findings.append(Finding(WARNING, f"{len(dataset.problems)} image(s) cannot be read and will be skipped: {shown}. Replace or remove them on the Dataset tab."))
     check.findings.extend(Finding(WARNING, w) for w in dataset.warnings)  # captions missing or unreadable
-    check.findings.extend(_activation_findings(project, settings, dataset))
+    check.findings.extend(advice_for(project, settings, dataset, plan))
+    return check
+
+
+def advice_for(project: Project, settings: cfg.TrainSettings, dataset: Any, plan: StepPlan) -> list[Finding]:
+    """Beyond what reading the dataset reports: the activation tag and the guide's range of samples.
+    The page's check shows these, and a run (or a dry run) logs them."""
+    findings = list(_activation_findings(project, settings, dataset))
     low, high = GUIDE_SAMPLES
     if not low <= plan.train_samples <= high:
-        check.findings.append(Finding(ADVICE, (
+        findings.append(Finding(ADVICE, (
             f"{plan.train_images} images x repeats = {plan.train_samples} samples per epoch; the guide aims for {low} to {high} "
             f"(e.g. 20 images x 10 repeats): {'raise' if plan.train_samples < low else 'lower'} num_repeats."
         )))
-    return check
+    return findings
 
 
 def _activation_findings(project: Project, settings: cfg.TrainSettings, dataset) -> list[Finding]:

@@ -192,13 +192,16 @@ def train_project(project: Project, resume: bool = False, dry_run: bool = False,
         dataset_folders(project, settings), settings.caption_extension, settings.resolution,
         settings.min_bucket_reso, settings.max_bucket_reso, settings.bucket_reso_steps, progress=progress,
     )
-    for path, reason in dataset.problems:
-        progress.log(f"skipped {path.name}: {reason}")
-    for warning in dataset.warnings:
-        progress.log(f"warning: {warning}")
-    plan = step_plan(dataset, settings)
+    plan = step_plan(dataset, settings)  # collect_items has logged unreadable images and caption warnings
     progress.log(plan.explain())
+    from lora_gradio.engine.train.check import advice_for
+
+    for finding in advice_for(project, settings, dataset, plan):
+        progress.log(f"{finding.level}: {finding.text}")
     check_step_limit(plan, force=settings.force_steps)
+    from lora_gradio.engine.train.optim import check_optimizer_installed
+
+    check_optimizer_installed(settings.optimizer, _cuda_available())
     if dry_run:
         return TrainResult(output_name, total_epochs=plan.epochs, steps=plan.total_steps, dry_run=True, plan=plan.explain().splitlines()[-1])
     if (config_file or overrides) and not resume:
@@ -206,6 +209,12 @@ def train_project(project: Project, resume: bool = False, dry_run: bool = False,
     if not resume:
         _set_aside_previous_run(project, output_name, progress)
     return _run(project, settings, dataset, plan, output_name, resume, progress)
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _mixed_precision(settings: cfg.TrainSettings, on_cuda: bool) -> str:

@@ -26,6 +26,18 @@ def parse_optimizer_args(args: list[str]) -> dict[str, Any]:
     return parsed
 
 
+def check_optimizer_installed(name: str, on_cuda: bool) -> None:
+    """Refuse, before the base model downloads, an optimizer whose package is missing."""
+    import importlib.util
+
+    package = _PACKAGES.get(name)
+    if package is None or (name == "AdamW8bit" and not on_cuda):  # on the CPU AdamW8bit becomes AdamW
+        return
+    module = {"lion-pytorch": "lion_pytorch"}.get(package, package)
+    if importlib.util.find_spec(module) is None:
+        raise UserError(f"The {name} optimizer needs the {package} package: pip install {package} (or choose AdamW).")
+
+
 def build_optimizer(name: str, param_groups: list[dict], args: list[str], on_cuda: bool, progress: "Progress | None" = None) -> tuple[Any, str]:
     """The optimizer and the class path kohya records in ss_optimizer."""
     import torch

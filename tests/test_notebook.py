@@ -21,7 +21,7 @@ def _cells():
 
 
 def _params() -> dict[str, str]:
-    values = {"ROOT": "/content/drive/MyDrive/Loras", "login": "--api-key K --user-id 1", "SOURCE": "x"}
+    values = {"ROOT": "/content/drive/MyDrive/Loras", "login": "", "SOURCE": "x"}
     for source, kind in _cells():
         for line in source.splitlines():
             match = PARAM.match(line)
@@ -64,3 +64,23 @@ def test_page_is_started_with_a_share_link_and_a_generated_password():
     assert '"--auth"' in page_cell and "secrets.token_urlsafe" in page_cell
     mount = next(source for source, _ in _cells() if "drive.mount" in source)
     assert "MyDrive/Loras" in mount and "MyDrive/lora_training" in mount  # both of the notebooks' layouts
+
+
+def test_the_scrape_cell_logs_in_to_each_site_the_way_the_command_line_takes_it():
+    """The cell builds the login options from the fields that are filled (Gelbooru: key and id;
+    Danbooru: user name and key; Safebooru: none), and each result must parse."""
+    cell = next(source for source, kind in _cells() if kind == "code" and " scrape " in source)
+    python = "\n".join(line for line in cell.splitlines() if not line.strip().startswith("!"))
+    command = next(line.strip()[1:] for line in cell.splitlines() if line.strip().startswith("!lora-gradio"))
+    parser = build_parser()
+    for fields, expected in (
+        ({"API_KEY": "", "USER_ID": "", "LOGIN": ""}, {"api_key": None, "user_id": None, "login": None}),
+        ({"API_KEY": "k3y", "USER_ID": "123", "LOGIN": ""}, {"api_key": "k3y", "user_id": "123", "login": None}),
+        ({"API_KEY": "k3y", "USER_ID": " ", "LOGIN": "some name"}, {"api_key": "k3y", "user_id": None, "login": "some name"}),
+    ):
+        typed = [line for line in python.splitlines() if not (PARAM.match(line) and PARAM.match(line).group(1) in fields)]
+        scope = dict(fields)  # what a person typed into the form, instead of the cell's defaults
+        exec("\n".join(typed), scope)
+        values = {**_params(), **fields, "login": scope["login"]}
+        args = parser.parse_args(shlex.split(re.sub(r"\{(\w+)\}", lambda m: values[m.group(1)], command))[1:])
+        assert {key: getattr(args, key) for key in expected} == expected, fields

@@ -242,7 +242,7 @@ def make_confirm_epoch(get_catalog: Callable[[], Catalog], before_check: Callabl
         if missing:
             raise RuntimeError(
                 f"{EPOCH_LABEL}: the WebUI has no LoRA named {', '.join(missing)}. Copy them into its Lora folder "
-                "(LoRA Gradio's 'Copy to WebUI Lora folder', or the setting that copies finished LoRAs), then try again."
+                "(the Test tab's 'Copy the epochs to the WebUI's Lora folder', or the setting that copies finished LoRAs), then try again."
             )
 
     return confirm_epoch

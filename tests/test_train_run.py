@@ -270,3 +270,21 @@ def test_a_missing_optimizer_package_is_refused_before_the_model_loads(tmp_path,
     project_8bit = make_project(tmp_path / "Other", "anime", extra=["optimizer=AdamW8bit"])
     with pytest.raises(UserError, match="pip install bitsandbytes"):
         loop.train_project(project_8bit)  # refused before anything loads
+
+
+def test_a_gpu_run_starts_its_log_with_the_memory_check(tmp_path, tiny_model):
+    """What the page's Check GPU memory says, for people who train from the command line."""
+    from lora_gradio.engine.train import loop
+
+    settings = apply_overrides(load_settings(make_project(tmp_path / "Loras", tiny_model)), ["resolution=512", "train_batch_size=2"])
+    lines = []
+
+    class Recording(Progress):
+        def log(self, message):
+            lines.append(message)
+
+    loop._log_memory_plan(settings, Recording(), gpu=(15 << 30, 16 << 30, "Tesla T4"))
+    assert any("Tesla T4" in line for line in lines) and any("GiB" in line for line in lines)
+    lines.clear()
+    loop._log_memory_plan(settings, Recording(), gpu=(1 << 30, 2 << 30, "Tiny GPU"))  # too small: the changes that would fit
+    assert len(lines) > 2 and any("gradient_checkpointing" in line or "batch" in line for line in lines), lines

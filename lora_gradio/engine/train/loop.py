@@ -245,6 +245,8 @@ def _run(project: Project, settings: cfg.TrainSettings, dataset: Any, plan: Step
     precision = _mixed_precision(settings, on_cuda)
     accelerator = Accelerator(mixed_precision=precision, cpu=not on_cuda)
     device = accelerator.device
+    if on_cuda and accelerator.is_main_process:
+        _log_memory_plan(settings, progress)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
     set_seed(settings.seed)
     started_at = time.time()
@@ -385,6 +387,18 @@ def _run(project: Project, settings: cfg.TrainSettings, dataset: Any, plan: Step
         if on_cuda:
             _log_peak_memory(settings, model.version, device, progress)
     return result
+
+
+def _log_memory_plan(settings: cfg.TrainSettings, progress: Progress, gpu: Any = True) -> None:
+    """The page's memory check, at the top of the run's log (the command line shows it nowhere else)."""
+    from lora_gradio.engine.train import memory
+
+    try:
+        report = memory.check_training_memory(settings, gpu=gpu)
+    except UserError:
+        return  # an unusable model: loading it says so, with the fix
+    for line in report.summary().splitlines():
+        progress.log(line)
 
 
 def _log_peak_memory(settings: cfg.TrainSettings, version: str, device: Any, progress: Progress) -> None:

@@ -57,3 +57,21 @@ class AppServer:
             self.proc.kill()
             out, _ = self.proc.communicate()
         return out or ""
+
+
+def run_under_gradio3(code: str, timeout: int = 180) -> dict:
+    """Run `code` with the WebUI's Gradio 3.41.2 (its own environment) and return the JSON its last
+    line prints. Missing environment: a failure in CI, a skip elsewhere."""
+    import json
+
+    import pytest
+
+    if not GRADIO3_PYTHON.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{GRADIO3_PYTHON} missing: tests/run.sh makes it")
+        pytest.skip("no Gradio 3.41.2 environment: run tests/run.sh")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([str(GRADIO3_PYTHON), "-c", code], capture_output=True, text=True, env=env, cwd=REPO, timeout=timeout)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+

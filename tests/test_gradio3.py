@@ -1,20 +1,13 @@
 """The UI must build under the WebUI's Gradio 3.41.2 (the page itself is driven in test_browser)."""
 
-import os
-import subprocess
-
 import pytest
 
-from tests.appserver import GRADIO3_PYTHON, REPO
+from tests.appserver import run_under_gradio3
 
 pytestmark = pytest.mark.gradio3
 
 
 def test_ui_builds_under_gradio_3_41_2(tmp_path):
-    if not GRADIO3_PYTHON.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{GRADIO3_PYTHON} missing: tests/run.sh makes it")
-        pytest.skip("no Gradio 3.41.2 environment: run tests/run.sh")
     code = (
         "import gradio, json\n"
         "from lora_gradio.ui import build_ui\n"
@@ -24,12 +17,7 @@ def test_ui_builds_under_gradio_3_41_2(tmp_path):
         "scripts = ' '.join(d.get('js') or '' for d in blocks.dependencies)\n"
         "print(json.dumps({'gradio': gradio.__version__, 'ids': ids, 'loops': len(loops), 'scripts': scripts}))\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    out = subprocess.run([str(GRADIO3_PYTHON), "-c", code], capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
-    assert out.returncode == 0, out.stderr
-    import json
-
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = run_under_gradio3(code, timeout=120)
     assert result["gradio"] == "3.41.2"
     # Live refreshes are presses of hidden buttons by the page, not `every=` loops: a loop holds a
     # queue worker while the page is open and keeps polling whatever project it started with.

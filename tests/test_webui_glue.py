@@ -7,7 +7,6 @@ import json
 import os
 import runpy
 import struct
-import subprocess
 import sys
 import types
 from pathlib import Path
@@ -18,7 +17,7 @@ from lora_gradio.engine.errors import UserError
 from lora_gradio.engine.project import Projects
 from lora_gradio.webui import xyz
 from tests import webui_standin
-from tests.appserver import GRADIO3_PYTHON, REPO
+from tests.appserver import REPO, run_under_gradio3
 
 SCRIPT = str(REPO / "scripts" / "lora_gradio_tab.py")
 
@@ -334,10 +333,6 @@ def test_installer_adds_only_what_is_missing_and_never_webui_pins(monkeypatch):
 # ----- the WebUI's Gradio -----
 @pytest.mark.gradio3
 def test_tab_and_axes_under_gradio_3_41_2(tmp_path):
-    if not GRADIO3_PYTHON.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{GRADIO3_PYTHON} missing: tests/run.sh makes it")
-        pytest.skip("no Gradio 3.41.2 environment: run tests/run.sh")
     code = (
         "import json, runpy, gradio\n"
         "from tests import webui_standin\n"
@@ -350,10 +345,7 @@ def test_tab_and_axes_under_gradio_3_41_2(tmp_path):
         "labels = [o.label for o in w.xyz.axis_options]\n"
         "print(json.dumps({'gradio': gradio.__version__, 'title': title, 'ids': ids, 'labels': labels}))\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    out = subprocess.run([str(GRADIO3_PYTHON), "-c", code], check=False, capture_output=True, text=True, env=env, cwd=REPO, timeout=180)
-    assert out.returncode == 0, out.stderr
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = run_under_gradio3(code)
     assert result["gradio"] == "3.41.2" and result["title"] == "LoRA Gradio"
     assert "lg-train-unload" in result["ids"] and "lg-tab-train" in result["ids"]
     assert result["labels"][-2:] == ["LoRA epoch", "LoRA weight"]

@@ -59,10 +59,10 @@ def fill_safebooru_search(page, booru, limit):
     """The scrape block set to the local booru's Safebooru API, searching `fake_tag`."""
     page.locator("#lg-scrape-site input").first.click()
     page.locator("ul[role=listbox] li:has-text('safebooru'), .options li:has-text('safebooru')").first.click()
-    textbox(page, "lg-scrape-tags").fill("fake_tag")
-    textbox(page, "lg-scrape-limit").fill(str(limit))
     page.get_by_text("Options", exact=True).first.click()
     fill_after_render(page, "lg-scrape-mirror", booru.safebooru_url)
+    fill_after_render(page, "lg-scrape-tags", "fake_tag")  # the choice of site may still be redrawing the block
+    fill_after_render(page, "lg-scrape-limit", str(limit))
 
 
 def fill_after_render(page, elem_id, value):
@@ -73,7 +73,9 @@ def fill_after_render(page, elem_id, value):
         field.fill(value)
         page.wait_for_timeout(300)
         if field.input_value() == value:
-            return
+            page.wait_for_timeout(500)  # and still there a moment later (a slow machine mounts late)
+            if field.input_value() == value:
+                return
     raise AssertionError(f"#{elem_id} does not keep {value!r}")
 
 
@@ -162,7 +164,12 @@ def test_scrape_search_then_download_from_the_page(app, browser, tmp_path):
         page.wait_for_selector("#lg-scrape-search", timeout=30_000)
         fill_safebooru_search(page, booru, limit=12)
         page.click("#lg-scrape-search")
-        page.wait_for_selector("#lg-scrape-found:has-text('posts')", timeout=30_000)
+        try:
+            page.wait_for_selector("#lg-scrape-found:has-text('posts')", timeout=30_000)
+        except Exception:
+            print("found:", page.locator("#lg-scrape-found").first.inner_text(), "| mirror:", textbox(page, "lg-scrape-mirror").input_value())
+            page.screenshot(path=str(ARTIFACTS / f"scrape-failed-{app.label}.png"), full_page=True)
+            raise
         found = page.locator("#lg-scrape-found").inner_text()
         assert "match" in found
         page.wait_for_function("document.querySelectorAll('#lg-scrape-found img').length > 0", timeout=15_000)

@@ -103,8 +103,15 @@ def build_parser() -> argparse.ArgumentParser:
     tag = sub.add_parser("tag", parents=[common], help="tag images with the WD tagger (anime) or caption them with BLIP (photos)")
     tag.add_argument("name", help="project name")
     tag.add_argument("--method", choices=["wd", "blip"], default="wd", help="wd: booru tags (anime); blip: a sentence (photos)")
+    tag.add_argument(
+        "--preset", choices=["sd15", "sdxl"], default=None,
+        help="WD: a named tagger choice; sd15 (default): the SD 1.5 guide's wd-swinv2-tagger-v3, threshold 0.35; "
+        "sdxl: the SDXL Dataset Maker's two large v3 taggers (wd-eva02-large, then wd-vit-large adding only new tags), threshold 0.25, batch 8. "
+        "--model, --threshold and --batch-size override it",
+    )
     tag.add_argument("--model", nargs="+", default=None, metavar="ID_OR_DIR", help="model repo id(s) or folder(s); two WD models: the second adds only new tags (the notebook's way)")
-    tag.add_argument("--threshold", type=float, default=0.35, help="WD: confidence for general tags (default 0.35; the notebook uses 0.25)")
+    tag.add_argument("--threshold", type=float, default=None, help="WD: confidence for general tags (default: the preset's, 0.35 for sd15, 0.25 for sdxl)")
+    tag.add_argument("--batch-size", type=int, default=None, help="WD: images per model call (default: the preset's; automatic for sd15, 8 for sdxl)")
     tag.add_argument("--character-threshold", type=float, default=None, help="WD: confidence for character names (off unless given; 0.85 is common)")
     tag.add_argument("--blacklist", default=None, help='WD: tags never written, e.g. "virtual youtuber, parody" (default: the notebook\'s list)')
     tag.add_argument("--rating", action="store_true", help="WD: add the rating tag first")
@@ -344,20 +351,35 @@ def cmd_dedupe(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_tag(args: argparse.Namespace) -> int:
-    project = _projects(args).open(args.name)
+def tag_job_arguments(args: argparse.Namespace) -> tuple[str, str, dict[str, Any]]:
+    """(engine function, title, its arguments) of `tag`: the preset first, then --model/--threshold/--batch-size over it."""
     if args.method == "blip":
+        if args.preset or args.batch_size is not None:
+            raise UserError("--preset and --batch-size choose WD taggers: leave them out with --method blip.")
         kwargs: dict[str, Any] = {"existing": args.existing}
         if args.model:
             kwargs["model"] = args.model[0]
-        return run_engine_function(project, "tag", "lora_gradio.engine.tagger:caption_images", "Caption images (BLIP)", kwargs, background=args.background)
-    kwargs = {"general_threshold": args.threshold, "character_threshold": args.character_threshold, "include_rating": args.rating, "existing": args.existing}
+        return "lora_gradio.engine.tagger:caption_images", "Caption images (BLIP)", kwargs
+    from lora_gradio.engine.tagger import DEFAULT_TAGGER_PRESET, tagger_preset
+
+    kwargs = tagger_preset(args.preset or DEFAULT_TAGGER_PRESET).job_kwargs()
+    kwargs.update({"character_threshold": args.character_threshold, "include_rating": args.rating, "existing": args.existing})
     if args.model:
         kwargs["models"] = args.model
+    if args.threshold is not None:
+        kwargs["general_threshold"] = args.threshold
+    if args.batch_size is not None:
+        kwargs["batch_size"] = args.batch_size
     if args.blacklist is not None:
         kwargs["blacklist"] = args.blacklist
-    code = run_engine_function(project, "tag", "lora_gradio.engine.tagger:tag_images", "Tag images (WD)", kwargs, background=args.background)
-    if not args.background:  # the guide: look at the top tags right after tagging
+    return "lora_gradio.engine.tagger:tag_images", "Tag images (WD)", kwargs
+
+
+def cmd_tag(args: argparse.Namespace) -> int:
+    func, title, kwargs = tag_job_arguments(args)  # bad flags stop here, before the project or a model is touched
+    project = _projects(args).open(args.name)
+    code = run_engine_function(project, "tag", func, title, kwargs, background=args.background)
+    if args.method == "wd" and not args.background:  # the guide: look at the top tags right after tagging
         print("Most common tags:")
         _print_tag_overview(project, 50)
     return code

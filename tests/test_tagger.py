@@ -319,3 +319,85 @@ def test_cli_tag_writes_captions_and_prints_top_tags(tmp_path, capsys):
     assert cli_main(["--root", str(tmp_path / "Loras"), "tag", "p", "--model", str(model)]) == 0
     out = capsys.readouterr().out
     assert (project.dataset_dir / "red.txt").read_text() and "Most common tags:" in out
+
+
+# Named tagger choices ----------------------------------------------------------------------------
+
+
+def test_tagger_presets_are_the_sd15_guide_and_the_xl_dataset_maker():
+    sd15, sdxl = tagger.TAGGER_PRESETS  # the guide's SD 1.5 choice first, the XL Dataset Maker's second
+    assert (sd15.key, sdxl.key) == ("sd15", "sdxl") and tagger.DEFAULT_TAGGER_PRESET == "sd15"
+    # SD 1.5: what the page and `tag` used before presets existed.
+    assert sd15.models == (tagger.DEFAULT_WD_MODEL,) == ("SmilingWolf/wd-swinv2-tagger-v3",)
+    assert sd15.general_threshold == tagger.DEFAULT_GENERAL_THRESHOLD == 0.35 and sd15.batch_size is None
+    assert sd15.label == "SD 1.5 guide: wd-swinv2-tagger-v3 (0.35)" and sd15.second_model == ""
+    # SDXL Dataset Maker "Both": eva02-large first, vit-large appending new tags; 0.25; batch 8.
+    assert sdxl.models == ("SmilingWolf/wd-eva02-large-tagger-v3", "SmilingWolf/wd-vit-large-tagger-v3")
+    assert sdxl.general_threshold == 0.25 and sdxl.batch_size == 8
+    assert sdxl.label == "SDXL Dataset Maker: both large v3 (0.25)" and sdxl.second_model == "SmilingWolf/wd-vit-large-tagger-v3"
+    assert sdxl.job_kwargs() == {"models": list(sdxl.models), "general_threshold": 0.25, "batch_size": 8}
+    assert sd15.job_kwargs() == {"models": ["SmilingWolf/wd-swinv2-tagger-v3"], "general_threshold": 0.35}
+
+
+def test_tagger_preset_by_key_or_label():
+    assert tagger.tagger_preset("SDXL").key == "sdxl"
+    assert tagger.tagger_preset(" SD 1.5 guide: wd-swinv2-tagger-v3 (0.35) ").key == "sd15"
+    with pytest.raises(UserError, match="sd15, sdxl"):
+        tagger.tagger_preset("xl")
+
+
+def test_preset_job_arguments_run_the_tagger(project, wd, wd_second):
+    red = solid(project.dataset_dir / "red.png", RED)
+    kwargs = {**tagger.tagger_preset("sdxl").job_kwargs(), "models": [wd, wd_second]}  # tiny models in place of the large ones
+    report = tag_images(project, **kwargs)
+    assert report.tagged == ["red.png"] and "long hair" in tags_of(red)  # 0.25 keeps the 0.3 tag that 0.35 drops
+
+
+def _tag_args(*flags: str):
+    from lora_gradio.cli import build_parser, tag_job_arguments
+
+    return tag_job_arguments(build_parser().parse_args(["tag", "p", *flags]))
+
+
+def test_cli_tag_preset_parses_into_the_job_arguments():
+    func, title, kwargs = _tag_args()
+    assert func == "lora_gradio.engine.tagger:tag_images" and "WD" in title
+    assert kwargs == {"models": ["SmilingWolf/wd-swinv2-tagger-v3"], "general_threshold": 0.35, "character_threshold": None, "include_rating": False, "existing": "skip"}
+    _, _, kwargs = _tag_args("--preset", "sdxl")
+    assert kwargs["models"] == ["SmilingWolf/wd-eva02-large-tagger-v3", "SmilingWolf/wd-vit-large-tagger-v3"]
+    assert kwargs["general_threshold"] == 0.25 and kwargs["batch_size"] == 8
+    # --model, --threshold and --batch-size override the preset; the rest of it stays.
+    _, _, kwargs = _tag_args("--preset", "sdxl", "--model", "/models/wd", "--threshold", "0.3", "--character-threshold", "0.9", "--blacklist", "")
+    assert kwargs["models"] == ["/models/wd"] and kwargs["general_threshold"] == 0.3 and kwargs["batch_size"] == 8
+    assert kwargs["character_threshold"] == 0.9 and kwargs["blacklist"] == ""
+    _, _, kwargs = _tag_args("--preset", "sdxl", "--batch-size", "2")
+    assert kwargs["batch_size"] == 2 and kwargs["general_threshold"] == 0.25
+    _, _, kwargs = _tag_args("--preset", "sd15", "--threshold", "0.5")
+    assert kwargs["general_threshold"] == 0.5 and "batch_size" not in kwargs
+    func, _, kwargs = _tag_args("--method", "blip", "--model", "blip-folder")
+    assert func == "lora_gradio.engine.tagger:caption_images" and kwargs == {"existing": "skip", "model": "blip-folder"}
+    with pytest.raises(UserError, match="--method blip"):
+        _tag_args("--method", "blip", "--preset", "sdxl")
+
+
+def test_cli_tag_preset_choices_are_the_engine_presets(capsys):
+    from lora_gradio.cli import build_parser, main as cli_main
+
+    tag_parser = next(a for a in build_parser()._actions if a.dest == "command").choices["tag"]
+    preset_flag = next(a for a in tag_parser._actions if a.dest == "preset")
+    assert list(preset_flag.choices) == [p.key for p in tagger.TAGGER_PRESETS]
+    with pytest.raises(SystemExit):
+        cli_main(["tag", "p", "--preset", "xl"])
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_cli_tag_with_a_preset_passes_it_to_the_engine(tmp_path, monkeypatch, capsys):
+    from lora_gradio import cli
+    from lora_gradio.engine.project import Projects
+
+    calls = []
+    monkeypatch.setattr(cli, "run_engine_function", lambda project, kind, func, title, kwargs, background: calls.append((func, kwargs, background)) or 0)
+    Projects(tmp_path / "Loras").create("p")
+    assert cli.main(["--root", str(tmp_path / "Loras"), "tag", "p", "--preset", "sdxl", "--background"]) == 0
+    [(func, kwargs, background)] = calls
+    assert func.endswith(":tag_images") and background and kwargs["models"][0] == "SmilingWolf/wd-eva02-large-tagger-v3"

@@ -52,3 +52,29 @@ def test_overview_of_a_project(projects):
     assert "2 caption files, 3 different tags; the 2 most common" in notes
     assert "c.png" in notes  # the image without a caption is pointed out
     assert rows == [["my_char", 2, "100%"], ["smile", 1, "50%"]] and "data-tags='2'" in html
+
+
+def test_tagger_choice_buttons_fill_the_fields():
+    from lora_gradio.engine.tagger import DEFAULT_TAGGER_PRESET, TAGGER_PRESETS
+    from lora_gradio.ui.tag_block import preset_fields
+
+    assert [p.key for p in TAGGER_PRESETS] == ["sd15", "sdxl"]
+    # The page starts on the SD 1.5 guide's choice: the fields it had before the buttons existed.
+    assert preset_fields(DEFAULT_TAGGER_PRESET) == (DEFAULT_WD_MODEL, "", 0.35, 0)
+    assert preset_fields("sdxl") == ("SmilingWolf/wd-eva02-large-tagger-v3", "SmilingWolf/wd-vit-large-tagger-v3", 0.25, 8)
+    assert preset_fields("SDXL Dataset Maker: both large v3 (0.25)") == preset_fields("sdxl")  # by label too
+    # What the fields then hold becomes the job: both taggers in order, 0.25, batch 8.
+    model, second, threshold, batch = preset_fields("sdxl")
+    _, _, kwargs = tag_job_kwargs(WD, model, second, threshold, False, 0.85, BLACKLIST, False, "", 10, 75, 3, "skip", batch)
+    assert kwargs["models"] == [model, second] and kwargs["general_threshold"] == 0.25 and kwargs["batch_size"] == 8
+    model, second, threshold, batch = preset_fields("sd15")
+    _, _, kwargs = tag_job_kwargs(WD, model, second, threshold, False, 0.85, BLACKLIST, False, "", 10, 75, 3, "skip", batch)
+    assert kwargs["models"] == [DEFAULT_WD_MODEL] and kwargs["general_threshold"] == 0.35 and "batch_size" not in kwargs  # 0: automatic
+
+
+def test_wd_batch_size_field():
+    args = (WD, "wd", "", 0.35, False, 0.85, "", False, "", 10, 75, 3, "skip")
+    assert tag_job_kwargs(*args, 4.0)[2]["batch_size"] == 4
+    for empty in (None, "", 0):
+        assert "batch_size" not in tag_job_kwargs(*args, empty)[2]
+    assert "batch_size" not in tag_job_kwargs(BLIP, *args[1:], 8)[2]  # BLIP keeps its own batch

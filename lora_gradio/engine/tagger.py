@@ -13,6 +13,10 @@ WD tagger (SmilingWolf's models, as the guide's notebook uses them through kohya
   both v3 taggers that way);
 - caption files are `<image stem>.txt`, tags joined with ", ", written atomically.
 
+Named tagger choices (`TAGGER_PRESETS`, used by the page's buttons and `tag --preset`): the guide's
+SD 1.5 choice (wd-swinv2-tagger-v3, threshold 0.35) and the current XL Dataset Maker's "Both"
+(wd-eva02-large-tagger-v3, then wd-vit-large-tagger-v3 adding only new tags, threshold 0.25, batch 8).
+
 Existing caption files: "skip" (default) leaves an image that already has a non-empty caption file
 alone, which also makes a cancelled run resumable; "append" keeps the existing tags first and adds
 only new ones (kohya's `--append_tags`); "overwrite" replaces them.
@@ -44,6 +48,10 @@ from lora_gradio.engine.project import Project
 DEFAULT_WD_MODEL = "SmilingWolf/wd-swinv2-tagger-v3"
 # The notebook runs both v3 taggers: these two, the second appending only new tags.
 NOTEBOOK_WD_MODELS = ("SmilingWolf/wd-swinv2-tagger-v3", "SmilingWolf/wd-vit-tagger-v3")
+# The XL Dataset Maker's taggers ("Both" by default): eva02-large first, vit-large appending new tags.
+XL_WD_MODELS = ("SmilingWolf/wd-eva02-large-tagger-v3", "SmilingWolf/wd-vit-large-tagger-v3")
+XL_GENERAL_THRESHOLD = 0.25
+XL_BATCH_SIZE = 8
 DEFAULT_BLIP_MODEL = "Salesforce/blip-image-captioning-large"
 DEFAULT_GENERAL_THRESHOLD = 0.35
 CHARACTER_THRESHOLD_WHEN_ON = 0.85  # the common value when the person wants character names
@@ -76,6 +84,62 @@ CATEGORY_CHARACTER = 4
 _WORKERS = WORKERS
 _DEFAULT_BATCH = 32
 _WHITE = (255, 255, 255)
+
+
+# Named tagger choices ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TaggerPreset:
+    """A named choice of WD tagger(s) and threshold, as one of the guide's notebooks makes it."""
+
+    key: str  # the command line's name (`tag --preset KEY`)
+    label: str  # what the page's button says
+    models: tuple[str, ...]  # the second and later models append only tags the first did not give
+    general_threshold: float
+    batch_size: int | None = None  # None: the engine picks (the model's fixed batch, else 32)
+
+    @property
+    def second_model(self) -> str:
+        return self.models[1] if len(self.models) > 1 else ""
+
+    def job_kwargs(self) -> dict[str, Any]:
+        """The `tag_images` arguments this choice sets."""
+        kwargs: dict[str, Any] = {"models": list(self.models), "general_threshold": self.general_threshold}
+        if self.batch_size is not None:
+            kwargs["batch_size"] = self.batch_size
+        return kwargs
+
+
+def _short(repo_id: str) -> str:
+    return repo_id.rsplit("/", 1)[-1]
+
+
+TAGGER_PRESETS: tuple[TaggerPreset, ...] = (
+    TaggerPreset(
+        key="sd15",
+        label=f"SD 1.5 guide: {_short(DEFAULT_WD_MODEL)} ({DEFAULT_GENERAL_THRESHOLD:g})",
+        models=(DEFAULT_WD_MODEL,),
+        general_threshold=DEFAULT_GENERAL_THRESHOLD,
+    ),
+    TaggerPreset(
+        key="sdxl",
+        label=f"SDXL Dataset Maker: both large v3 ({XL_GENERAL_THRESHOLD:g})",
+        models=XL_WD_MODELS,
+        general_threshold=XL_GENERAL_THRESHOLD,
+        batch_size=XL_BATCH_SIZE,
+    ),
+)
+DEFAULT_TAGGER_PRESET = "sd15"  # what the page shows before a choice is made
+
+
+def tagger_preset(name: str) -> TaggerPreset:
+    """The preset with this key (`sd15`, `sdxl`) or label, in any case."""
+    wanted = str(name or "").strip().lower()
+    for preset in TAGGER_PRESETS:
+        if wanted in (preset.key, preset.label.lower()):
+            return preset
+    raise UserError(f"Unknown tagger choice {name!r}: use one of {', '.join(p.key for p in TAGGER_PRESETS)}.")
 
 
 # Reports -----------------------------------------------------------------------------------------

@@ -414,6 +414,446 @@ def test_warmup_ratio_from_steps():
     assert warmup_ratio_for(0, 500, 0.05) == 0.0
 
 
+# SDXL: the XL notebook's files and kohya's sdxl_train_network.py --------------------------------
+
+# What hollowstrawberry's Lora_Trainer_XL writes (toml.dumps of its config dicts) for its defaults: Illustrious XL 0.1,
+# 10 images x 2 repeats / batch 4 = 5 steps x 10 epochs = 50 steps, so int(50 x 5%) = 2 warmup steps.
+XL_TRAINING = """\
+[network_arguments]
+unet_lr = 0.0003
+text_encoder_lr = 6e-5
+network_dim = 8
+network_alpha = 4
+network_module = "networks.lora"
+network_train_unet_only = false
+
+[optimizer_arguments]
+learning_rate = 0.0003
+lr_scheduler = "cosine_with_restarts"
+lr_scheduler_num_cycles = 3
+lr_warmup_steps = 2
+optimizer_type = "AdamW8bit"
+optimizer_args = [ "weight_decay=0.1", "betas=[0.9,0.99]",]
+loss_type = "l2"
+max_grad_norm = 1.0
+
+[training_arguments]
+lowram = true
+pretrained_model_name_or_path = "/content/Illustrious-XL-v0.1.safetensors"
+vae = "/content/sdxl_vae.safetensors"
+max_train_epochs = 10
+train_batch_size = 4
+seed = 42
+max_token_length = 225
+xformers = false
+sdpa = true
+min_snr_gamma = 8.0
+no_half_vae = true
+gradient_checkpointing = true
+gradient_accumulation_steps = 1
+max_data_loader_n_workers = 1
+persistent_data_loader_workers = true
+mixed_precision = "fp16"
+full_fp16 = true
+full_bf16 = false
+cache_latents = true
+cache_latents_to_disk = true
+cache_text_encoder_outputs = false
+min_timestep = 0
+max_timestep = 1000
+prior_loss_weight = 1.0
+multires_noise_iterations = 6
+multires_noise_discount = 0.3
+
+[saving_arguments]
+save_precision = "fp16"
+save_model_as = "safetensors"
+save_every_n_epochs = 1
+save_last_n_epochs = 10
+output_name = "char"
+output_dir = "/content/drive/MyDrive/Loras/char/output"
+log_prefix = "char"
+logging_dir = "/content/drive/MyDrive/Loras/_logs"
+"""
+
+# With "NoobAI V-Pred 1.0" the notebook downloads that file and sets its three v-prediction keys.
+XL_VPRED_TRAINING = XL_TRAINING.replace("Illustrious-XL-v0.1.safetensors", "NoobAI-XL-Vpred-v1.0.safetensors").replace(
+    "multires_noise_discount = 0.3\n",
+    "multires_noise_discount = 0.3\nv_parameterization = true\nscale_v_pred_loss_like_noise_pred = true\nzero_terminal_snr = true\n",
+)
+
+XL_DATASET = """\
+[general]
+resolution = 1024
+shuffle_caption = true
+keep_tokens = 1
+flip_aug = false
+caption_extension = ".txt"
+enable_bucket = true
+bucket_no_upscale = false
+bucket_reso_steps = 64
+min_bucket_reso = 256
+max_bucket_reso = 4096
+
+[[datasets]]
+[[datasets.subsets]]
+num_repeats = 2
+image_dir = "/content/drive/MyDrive/Loras/char/dataset"
+"""
+
+
+def test_import_the_xl_notebooks_files(tmp_path):
+    project = make_project(tmp_path)
+    settings, notes = import_kohya(write_notebook_files(tmp_path / "drive", XL_TRAINING, XL_DATASET), project=project)
+    # The XL notebook's defaults are this tool's for an SDXL base, but it always turns gradient checkpointing on.
+    assert settings == settings_with("training_model=illustrious", "gradient_checkpointing=true")
+    assert (settings.mixed_precision, settings.multires_noise_iterations, settings.min_snr_gamma) == ("full_fp16", 6, 8.0)
+    assert settings.v_pred is False and settings.ip_noise_gamma == 0 and settings.cache_text_encoder_outputs is False
+    text = "\n".join(notes)
+    assert "is the notebook's Illustrious XL 0.1 model: imported as the preset 'illustrious'" in text
+    assert "vae = /content/sdxl_vae.safetensors is not needed here: the base model's own VAE is used" in text
+    assert "lr_warmup_steps = 2 of 50 steps: lr_warmup_ratio = 0.05." in text
+    assert "(lowram, xformers, sdpa, no_half_vae, max_data_loader_n_workers, persistent_data_loader_workers)" in text
+    assert "SDXL base: took its defaults for scale_v_pred_loss true, zero_terminal_snr true" in text
+    # What the notebook writes with kohya's own defaults, or this tool's fixed choices, needs no note.
+    for key in ("gradient_accumulation_steps", "loss_type", "max_grad_norm", "min_timestep", "max_timestep", "full_bf16", "v_parameterization"):
+        assert key not in text
+    assert "mixed_precision = fp16 is imported as auto" not in text  # full fp16 stays full fp16
+
+
+def test_import_the_xl_notebooks_v_pred_files(tmp_path):
+    project = make_project(tmp_path)
+    settings, notes = import_kohya(write_notebook_files(tmp_path / "drive", XL_VPRED_TRAINING, XL_DATASET), project=project)
+    assert settings == settings_with("training_model=noobai_vpred", "v_pred=true", "gradient_checkpointing=true")
+    assert settings.v_pred and settings.zero_terminal_snr and settings.scale_v_pred_loss
+    text = "\n".join(notes)
+    assert "imported as the preset 'noobai_vpred'" in text
+    assert "v_parameterization = true is imported as v_pred = true (the NoobAI V-Pred 1.0 preset predicts v anyway)" in text
+    assert "took its defaults" not in text  # the file sets all three
+
+
+@pytest.mark.parametrize("file_name, preset", [
+    ("NoobAI-XL-v1.1.safetensors", "noobai_eps"),
+    ("ponyDiffusionV6XL.safetensors", "pony"),
+    ("animagineXLV3.safetensors", "animagine"),
+    ("sd_xl_base_1.0.safetensors", "sdxl"),
+])
+def test_the_xl_notebooks_model_files_become_presets(tmp_path, file_name, preset):
+    project = make_project(tmp_path)
+    training = XL_TRAINING.replace("Illustrious-XL-v0.1.safetensors", file_name)
+    settings, notes = import_kohya(write_notebook_files(tmp_path / "drive", training, XL_DATASET), project=project)
+    assert settings == settings_with(f"training_model={preset}", "gradient_checkpointing=true")
+
+
+def test_v_pred_notes_and_the_v_pred_keys_on_their_own(tmp_path):
+    project = make_project(tmp_path)
+    # The v-pred preset without v_parameterization: kohya would train it as noise prediction, this tool does not.
+    training = XL_TRAINING.replace("Illustrious-XL-v0.1.safetensors", "NoobAI-XL-Vpred-v1.0.safetensors")
+    settings, notes = import_kohya(write_notebook_files(tmp_path / "a", training, XL_DATASET), project=project)
+    assert settings.training_model == "noobai_vpred" and settings.v_pred is False
+    assert (settings.zero_terminal_snr, settings.scale_v_pred_loss) == (False, False)  # kohya's defaults: it is v-pred here
+    assert any("is a v-prediction model, but the file does not set v_parameterization = true" in note for note in notes)
+    # v_parameterization on a model that does not say so itself (the notebook's "is v-pred" box for a custom model).
+    training = XL_VPRED_TRAINING.replace("NoobAI-XL-Vpred-v1.0.safetensors", "my-vpred-model.safetensors")
+    settings, notes = import_kohya(write_notebook_files(tmp_path / "b", training, XL_DATASET), project=project)
+    assert settings.training_model == "/content/my-vpred-model.safetensors" and settings.v_pred
+    assert settings.zero_terminal_snr and settings.scale_v_pred_loss
+    assert not any("v_parameterization" in note for note in notes)
+    # zero_terminal_snr without v-prediction: kohya applies it to an epsilon model, this tool does not.
+    training = XL_TRAINING.replace("multires_noise_discount = 0.3\n", "multires_noise_discount = 0.3\nzero_terminal_snr = true\n")
+    settings, notes = import_kohya(write_notebook_files(tmp_path / "c", training, XL_DATASET), project=project)
+    assert settings.zero_terminal_snr and not settings.v_pred
+    assert any("zero_terminal_snr = true without v_parameterization" in note for note in notes)
+
+
+def test_import_of_the_xl_notebooks_other_choices(tmp_path):
+    project = make_project(tmp_path)
+    training = (
+        XL_TRAINING.replace('mixed_precision = "fp16"\nfull_fp16 = true', 'mixed_precision = "bf16"\nfull_fp16 = false')
+        .replace("full_bf16 = false", "full_bf16 = true")
+        .replace("min_snr_gamma = 8.0\n", "min_snr_gamma = 8.0\nip_noise_gamma = 0.05\n")
+        .replace("multires_noise_iterations = 6\nmultires_noise_discount = 0.3\n", "")
+        .replace("cache_text_encoder_outputs = false", "cache_text_encoder_outputs = true")
+        .replace("text_encoder_lr = 6e-5", "text_encoder_lr = 0").replace("network_train_unet_only = false", "network_train_unet_only = true")
+        .replace('lr_scheduler = "cosine_with_restarts"\nlr_scheduler_num_cycles = 3\nlr_warmup_steps = 2\n', 'lr_scheduler = "cosine"\n'
+                 'lr_scheduler_type = "LoraEasyCustomOptimizer.RexAnnealingWarmRestarts.RexAnnealingWarmRestarts"\n'
+                 'lr_scheduler_args = [ "min_lr=1e-9", "gamma=0.9", "d=0.9",]\n')
+        .replace('logging_dir = "/content/drive/MyDrive/Loras/_logs"', 'logging_dir = "/content/drive/MyDrive/Loras/_logs"\nwandb_api_key = "secret-key"\nlog_with = "wandb"')
+    )
+    dataset = XL_DATASET.replace("shuffle_caption = true", "shuffle_caption = false")
+    settings, notes = import_kohya(write_notebook_files(tmp_path / "drive", training, dataset), project=project)
+    assert settings.mixed_precision == "full_bf16" and settings.ip_noise_gamma == 0.05
+    assert settings.multires_noise_iterations == 0 and settings.multires_noise_discount == 0.3
+    assert settings.cache_text_encoder_outputs and not settings.shuffle_tags and settings.text_encoder_lr == 0
+    # The notebook's rex before it counts the steps (no first_cycle_max_steps, no warmup_steps): kohya runs the class, not cosine.
+    assert settings.lr_scheduler == "rex" and settings.lr_warmup_ratio == 0
+    text = "\n".join(notes)
+    assert "lr_scheduler_args min_lr=1e-9, d=0.9 of RexAnnealingWarmRestarts are not used here" in text
+    assert "wandb_api_key = *** has no equivalent here" in text and "secret-key" not in text
+
+
+# The XL notebook's "Came" optimizer (recommended args) and "rex" scheduler, as its training_config.toml has them once
+# it has counted the steps (calculate_rex_steps): 50 steps in lr_scheduler_number = 3 cycles of 50 // 3 = 16 steps,
+# round(50 x 5%) // 3 = 0 warmup steps per cycle (so no warmup_steps); with lr_scheduler_number = 1, one 50-step cycle
+# with round(2.5) = 2 warmup steps.
+XL_CAME_REX = """\
+lr_scheduler = "cosine"
+lr_scheduler_type = "LoraEasyCustomOptimizer.RexAnnealingWarmRestarts.RexAnnealingWarmRestarts"
+lr_scheduler_args = [ "min_lr=1e-9", "gamma=0.9", "d=0.9", "first_cycle_max_steps=16",]
+optimizer_type = "LoraEasyCustomOptimizer.came.CAME"
+optimizer_args = [ "weight_decay=0.04",]
+"""
+XL_ADAMW_COSINE_WITH_RESTARTS = """\
+lr_scheduler = "cosine_with_restarts"
+lr_scheduler_num_cycles = 3
+lr_warmup_steps = 2
+optimizer_type = "AdamW8bit"
+optimizer_args = [ "weight_decay=0.1", "betas=[0.9,0.99]",]
+"""
+
+
+def test_import_of_the_xl_notebooks_came_and_rex(tmp_path):
+    project = make_project(tmp_path)
+    assert XL_ADAMW_COSINE_WITH_RESTARTS in XL_TRAINING
+    training = XL_TRAINING.replace(XL_ADAMW_COSINE_WITH_RESTARTS, XL_CAME_REX)
+    settings, notes = import_kohya(write_notebook_files(tmp_path / "three", training, XL_DATASET), project=project)
+    assert (settings.optimizer, settings.optimizer_args) == ("CAME", ["weight_decay=0.04"])
+    assert (settings.lr_scheduler, settings.lr_warmup_ratio) == ("rex", 0)
+    assert settings == settings_with("training_model=illustrious", "gradient_checkpointing=true", "optimizer=CAME",
+                                     "optimizer_args=weight_decay=0.04", "lr_scheduler=rex", "lr_warmup_ratio=0")
+    text = "\n".join(notes)
+    assert "optimizer_type = LoraEasyCustomOptimizer.came.CAME is the XL notebook's CAME: imported as CAME" in text
+    assert "RexAnnealingWarmRestarts restarts every 16 of the 50 steps (the XL notebook's lr_scheduler_number cycles, each peak 0.9 times the last)" in text
+    assert "lr_scheduler_args min_lr=1e-9, d=0.9 of RexAnnealingWarmRestarts are not used here" in text
+    for key in ("lr_scheduler_type", "lr_scheduler_args", "lr_scheduler ", "has no equivalent"):
+        assert f"kohya key [optimizer_arguments] {key}" not in text and "has no equivalent" not in text
+    # lr_scheduler_number = 1: one cycle of the whole run, its warmup steps become the ratio, gamma does nothing.
+    one_cycle = XL_CAME_REX.replace('"first_cycle_max_steps=16",', '"first_cycle_max_steps=50", "warmup_steps=2",')
+    settings, notes = import_kohya(write_notebook_files(tmp_path / "one", XL_TRAINING.replace(XL_ADAMW_COSINE_WITH_RESTARTS, one_cycle), XL_DATASET), project=project)
+    assert (settings.optimizer, settings.lr_scheduler, settings.lr_warmup_ratio) == ("CAME", "rex", 0.05)
+    text = "\n".join(notes)
+    assert "lr_scheduler_args warmup_steps=2 of 50 steps: lr_warmup_ratio = 0.05." in text
+    assert "restarts" not in text and "gamma" not in text and "min_lr=1e-9, d=0.9" in text
+
+
+def test_import_of_other_came_and_rex_classes(tmp_path):
+    project = make_project(tmp_path)
+    lines = """\
+lr_scheduler = "constant"
+lr_scheduler_type = "pytorch_optimizer.REXScheduler"
+lr_scheduler_args = [ "total_steps=50", "max_lr=0.0003",]
+optimizer_type = "came_pytorch.CAME"
+optimizer_args = [ "weight_decay=0.01", "eps=(1e-30, 1e-16)",]
+"""
+    settings, notes = import_kohya(write_notebook_files(tmp_path / "a", XL_TRAINING.replace(XL_ADAMW_COSINE_WITH_RESTARTS, lines), XL_DATASET), project=project)
+    assert (settings.optimizer, settings.lr_scheduler, settings.lr_warmup_ratio) == ("CAME", "rex", 0)
+    assert settings.optimizer_args == ["weight_decay=0.01", "eps1=1e-30", "eps2=1e-16"]
+    text = "\n".join(notes)
+    assert "(the came-pytorch package) is imported as CAME" in text and "lr_scheduler_args max_lr=0.0003 of REXScheduler are not used here" in text
+    # kohya's own spelling of the class this tool runs needs no note; kohya refuses lr_warmup_steps beside lr_scheduler_type.
+    lines = lines.replace("came_pytorch.CAME", "pytorch_optimizer.CAME").replace(', "eps=(1e-30, 1e-16)"', "") + "lr_warmup_steps = 5\n"
+    settings, notes = import_kohya(write_notebook_files(tmp_path / "b", XL_TRAINING.replace(XL_ADAMW_COSINE_WITH_RESTARTS, lines), XL_DATASET), project=project)
+    assert (settings.optimizer, settings.optimizer_args, settings.lr_warmup_ratio) == ("CAME", ["weight_decay=0.01"], 0)
+    text = "\n".join(notes)
+    assert "CAME" not in text and "lr_warmup_steps = 5 is ignored: kohya refuses it beside lr_scheduler_type" in text
+    # Another scheduler class is not read: lr_scheduler is used, as before.
+    lines = 'lr_scheduler = "cosine"\nlr_scheduler_type = "CosineAnnealingLR"\nlr_scheduler_args = [ "T_max=50",]\n'
+    settings, notes = import_kohya(write_notebook_files(tmp_path / "c", XL_TRAINING.replace(XL_ADAMW_COSINE_WITH_RESTARTS, lines), XL_DATASET), project=project)
+    assert settings.lr_scheduler == "cosine" and any("only REX (the XL notebook's rex) is read: lr_scheduler is used here" in note for note in notes)
+
+
+def test_bad_rex_arguments_name_the_file_and_key(tmp_path):
+    project = make_project(tmp_path)
+    for bad in ('"d=high"', '"first_cycle_max_steps=0"', '"warmup_steps=2.5"'):
+        training = XL_TRAINING.replace(XL_ADAMW_COSINE_WITH_RESTARTS, XL_CAME_REX.replace('"first_cycle_max_steps=16"', bad))
+        with pytest.raises(UserError) as error:
+            import_kohya(write_notebook_files(tmp_path / "drive", training, XL_DATASET), project=project)
+        assert "lr_scheduler_args" in str(error.value) and bad.strip('"') in str(error.value)
+
+
+XL_BAD_VALUES = [
+    ('mixed_precision = "fp16"', 'mixed_precision = "bf16"', "full_fp16", 'needs mixed_precision = "fp16"'),
+    ("full_bf16 = false", "full_bf16 = true", "full_bf16", "not both"),
+    ("multires_noise_iterations = 6", "multires_noise_iterations = 40", "multires_noise_iterations", "16"),
+    ("cache_text_encoder_outputs = false", 'cache_text_encoder_outputs = "yes"', "cache_text_encoder_outputs", "true or false"),
+]
+
+
+@pytest.mark.parametrize("old, new, key, advice", XL_BAD_VALUES, ids=[row[2] for row in XL_BAD_VALUES])
+def test_bad_xl_values_name_the_file_and_key(tmp_path, old, new, key, advice):
+    project = make_project(tmp_path)
+    assert old in XL_TRAINING
+    with pytest.raises(UserError) as error:
+        import_kohya(write_notebook_files(tmp_path / "drive", XL_TRAINING.replace(old, new), XL_DATASET), project=project)
+    message = str(error.value)
+    assert "training_config.toml" in message and key in message and advice in message
+
+
+SDXL_ROUND_TRIPS = {
+    "illustrious": ["training_model=illustrious"],
+    "noobai_vpred": ["training_model=noobai_vpred", "v_pred=true"],
+    "noobai_eps": ["training_model=noobai_eps"],
+    "pony": ["training_model=pony"],
+    "animagine": ["training_model=animagine"],
+    "sdxl": ["training_model=sdxl"],
+    "vpred_without_ztsnr": ["training_model=noobai_vpred", "v_pred=true", "zero_terminal_snr=false", "scale_v_pred_loss=false"],
+    "full_bf16_ip_noise": ["training_model=illustrious", "mixed_precision=full_bf16", "ip_noise_gamma=0.05", "multires_noise_iterations=0"],
+    "mixed_bf16_multires": ["training_model=illustrious", "mixed_precision=bf16", "multires_noise_iterations=8", "multires_noise_discount=0.1"],
+    "auto_no_precision": ["training_model=illustrious", "mixed_precision=auto"],
+    "float": ["training_model=illustrious", "mixed_precision=no", "gradient_checkpointing=true"],
+    "style_locon_prodigy": [
+        "training_model=illustrious", "lora_type=LoCon", "network_dim=16", "network_alpha=16", "conv_dim=16", "conv_alpha=8",
+        "optimizer=Prodigy", "unet_lr=0.75", "text_encoder_lr=0.75", "mixed_precision=bf16",
+        "optimizer_args=decouple=True weight_decay=0.01 betas=[0.9,0.999] d_coef=2 use_bias_correction=True safeguard_warmup=True",
+    ],
+    "steps": ["training_model=illustrious", "preferred_unit=Steps", "how_many=2000", "lr_scheduler=constant"],
+}
+
+
+@pytest.mark.parametrize("overrides", list(SDXL_ROUND_TRIPS.values()), ids=list(SDXL_ROUND_TRIPS))
+def test_sdxl_round_trip_gives_back_the_same_settings(tmp_path, overrides):
+    project = make_project(tmp_path)
+    settings = settings_with(*overrides)
+    imported, _ = round_trip(project, settings, tmp_path / "kohya")
+    assert imported == settings
+
+
+def test_sdxl_round_trip_into_an_sdxl_project_keeps_what_the_file_leaves_open(tmp_path):
+    project = make_project(tmp_path)
+    # Without v-prediction kohya's files do not carry zero_terminal_snr, nor clip_skip for SDXL: base's values stay.
+    settings = settings_with("training_model=illustrious", "zero_terminal_snr=false", "clip_skip=1")
+    training, dataset = export_kohya(project, settings, tmp_path / "kohya")
+    imported, _ = import_kohya(training, dataset, project=project, base=settings)
+    assert imported == settings
+
+
+def test_round_trip_of_the_v_pred_preset_turns_v_pred_on(tmp_path):
+    # noobai_vpred trains with v-prediction whatever v_pred says; kohya needs v_parameterization = true for it.
+    project = make_project(tmp_path)
+    # Choosing the preset turns v_pred on (config.offer_family_defaults) unless v_pred is set in the same change.
+    settings = settings_with("training_model=noobai_vpred", "v_pred=false")
+    assert settings.v_pred is False
+    imported, _ = round_trip(project, settings, tmp_path / "kohya")
+    assert imported == settings.model_copy(update={"v_pred": True})
+
+
+@pytest.mark.parametrize("overrides", [
+    ["optimizer=CAME", "optimizer_args=weight_decay=0.04", "lr_scheduler=rex"],
+    ["optimizer=CAME", "lr_scheduler=rex", "lr_warmup_ratio=0", "how_many=7"],
+    ["training_model=illustrious", "optimizer=CAME", "optimizer_args=weight_decay=0.04", "lr_scheduler=rex", "lr_warmup_ratio=0.1"],
+    ["training_model=illustrious", "lr_scheduler=rex", "preferred_unit=Steps", "how_many=1000", "lr_warmup_ratio=0.07"],
+], ids=["sd_came_rex", "sd_rex_no_warmup", "sdxl_came_rex", "sdxl_rex_steps"])
+def test_round_trip_of_came_and_rex(tmp_path, overrides):
+    project = make_project(tmp_path)
+    settings = settings_with(*overrides)
+    imported, notes = round_trip(project, settings, tmp_path / "kohya")
+    assert imported == settings
+    assert not any("not used here" in note or "restarts" in note or "CAME" in note for note in notes)
+
+
+def test_export_of_came_and_rex_writes_what_kohya_imports(tmp_path):
+    project = make_project(tmp_path)  # 10 images x 10 repeats / batch 2 = 50 steps per epoch
+    settings = settings_with("optimizer=CAME", "optimizer_args=weight_decay=0.04", "lr_scheduler=rex", "how_many=2", "lr_warmup_ratio=0.05")
+    training, _ = export_kohya(project, settings, tmp_path / "kohya")
+    text = training.read_text()
+    optimizer = tomllib.loads(text)["optimizer_arguments"]
+    assert optimizer["optimizer_type"] == "pytorch_optimizer.CAME" and optimizer["optimizer_args"] == ["weight_decay=0.04"]
+    assert optimizer["lr_scheduler"] == "cosine"  # as the XL notebook writes it; kohya runs lr_scheduler_type instead
+    assert optimizer["lr_scheduler_type"] == "LoraEasyCustomOptimizer.RexAnnealingWarmRestarts.RexAnnealingWarmRestarts"
+    # One cycle of the 100 steps with the REX paper's curve down to 0 after round(100 x 5%) warmup steps: this tool's rex.
+    assert optimizer["lr_scheduler_args"] == ["min_lr=0", "gamma=1.0", "d=0.5", "first_cycle_max_steps=100", "warmup_steps=5"]
+    assert "lr_warmup_steps" not in optimizer and "lr_scheduler_num_cycles" not in optimizer  # kohya refuses warmup steps here
+    header = text.split("\n\n")[0]
+    assert header.startswith("# Run with kohya's sd-scripts: accelerate launch train_network.py")
+    assert "pytorch_optimizer.CAME needs the pytorch-optimizer package" in header
+    assert "LoraEasyCustomOptimizer package, not on PyPI: pip install" in header and "#subdirectory=custom_scheduler" in header
+    # kohya imports the optimizer's dotted name: module, then class.
+    module, _, name = optimizer["optimizer_type"].rpartition(".")
+    assert getattr(pytest.importorskip(module), name).__name__ == "CAME"
+    # Other settings write no comment about packages and no scheduler class.
+    training, _ = export_kohya(project, settings_with("lr_scheduler=cosine"), tmp_path / "plain")
+    text = training.read_text()
+    assert "pip install" not in text and "lr_scheduler_type" not in text
+
+
+def test_round_trip_with_cached_text_encoder_outputs_gives_what_trains(tmp_path):
+    # Cached text encoder outputs win over shuffling and text-encoder training here; kohya refuses them together.
+    project = make_project(tmp_path)
+    settings = settings_with("training_model=illustrious", "cache_text_encoder_outputs=true")
+    imported, _ = round_trip(project, settings, tmp_path / "kohya")
+    assert imported == settings.model_copy(update={"shuffle_tags": False, "text_encoder_lr": 0.0})
+    data = _flat(tomllib.loads((tmp_path / "kohya" / "training_config.toml").read_text()))
+    assert data["cache_text_encoder_outputs"] is True and data["network_train_unet_only"] is True
+    assert tomllib.loads((tmp_path / "kohya" / "dataset_config.toml").read_text())["general"]["shuffle_caption"] is False
+
+
+def test_export_of_an_sdxl_project_writes_what_sdxl_train_network_reads(tmp_path):
+    project = make_project(tmp_path)
+    settings = settings_with("training_model=illustrious")
+    training, dataset = export_kohya(project, settings, tmp_path / "kohya")
+    text = training.read_text()
+    assert text.splitlines()[0] == f"# Run with kohya's sd-scripts: accelerate launch sdxl_train_network.py --config_file {training}"
+    assert kohya.kohya_script(settings) == "sdxl_train_network.py" == kohya.kohya_script(settings, project)
+    assert kohya.kohya_command(settings, training) == f"accelerate launch sdxl_train_network.py --config_file {training}"
+    data = tomllib.loads(text)
+    assert data["model_arguments"] == {"pretrained_model_name_or_path": str(project.root / "_models" / "Illustrious-XL-v0.1.safetensors")}
+    args = _flat(data)
+    assert "v2" not in args and "clip_skip" not in args  # sdxl_train_network.py refuses v2 and warns about clip_skip
+    assert (args["mixed_precision"], args["full_fp16"], "full_bf16" in args) == ("fp16", True, False)
+    assert (args["multires_noise_iterations"], args["multires_noise_discount"], args["min_snr_gamma"]) == (6, 0.3, 8.0)
+    assert args["no_half_vae"] is True and args["optimizer_args"] == ["weight_decay=0.1", "betas=[0.9,0.99]"]
+    for key in ("v_parameterization", "zero_terminal_snr", "scale_v_pred_loss_like_noise_pred", "ip_noise_gamma", "cache_text_encoder_outputs", "vae"):
+        assert key not in args
+    general = tomllib.loads(dataset.read_text())["general"]
+    assert (general["resolution"], general["max_bucket_reso"]) == (1024, 4096)
+    assert tomllib.loads(dataset.read_text())["datasets"][0]["subsets"][0]["num_repeats"] == 2
+
+    vpred = settings_with("training_model=noobai_vpred", "mixed_precision=full_bf16", "ip_noise_gamma=0.1")
+    args = _flat(tomllib.loads(export_kohya(project, vpred, tmp_path / "vpred")[0].read_text()))
+    assert args["v_parameterization"] is args["zero_terminal_snr"] is args["scale_v_pred_loss_like_noise_pred"] is True
+    assert (args["mixed_precision"], args["full_bf16"], args["ip_noise_gamma"]) == ("bf16", True, 0.1)
+
+
+def test_export_of_an_sd_project_names_train_network(tmp_path):
+    project = make_project(tmp_path)
+    settings = TrainSettings()
+    training, _ = export_kohya(project, settings, tmp_path / "kohya")
+    assert training.read_text().startswith(f"# Run with kohya's sd-scripts: accelerate launch train_network.py --config_file {training}\n")
+    assert kohya.kohya_script(settings) == "train_network.py"
+    args = _flat(tomllib.loads(training.read_text()))
+    assert args["v2"] is False and args["clip_skip"] == 2 and "no_half_vae" not in args and "full_fp16" not in args
+    # A repo id may be either family until it is downloaded: the comment says so.
+    text = export_kohya(project, settings_with("training_model=someone/model"), tmp_path / "repo")[0].read_text()
+    assert "(sdxl_train_network.py instead if someone/model is an SDXL model)" in text
+
+
+def test_export_finds_a_civitai_preset_under_civitais_name(tmp_path):
+    project = make_project(tmp_path)
+    downloaded = project.root / "_models" / "ponyDiffusionV6XL_v6StartWithThisOne.safetensors"
+    downloaded.parent.mkdir(parents=True)
+    downloaded.write_bytes(b"not read")
+    settings = settings_with("training_model=pony")
+    assert kohya.kohya_model_location(project, settings) == str(downloaded)
+    imported, _ = round_trip(project, settings, tmp_path / "kohya")
+    assert imported == settings
+
+
+def test_xl_training_file_alone_brings_the_sdxl_dataset_defaults(tmp_path):
+    # Without its dataset file, an SD 1.5 project's dataset settings take SDXL's defaults where they were SD's, as choosing the model does.
+    project = make_project(tmp_path)
+    base = settings_with("num_repeats=5")
+    settings, notes = import_kohya(write_notebook_files(tmp_path / "drive", XL_TRAINING, dataset=None), project=project, base=base)
+    assert (settings.resolution, settings.max_bucket_reso, settings.num_repeats) == (1024, 4096, 5)
+    assert any("Kept your values for num_repeats" in note for note in notes)
+
+
+def test_sdxl_export_refuses_bucket_steps_kohya_refuses(tmp_path):
+    project = make_project(tmp_path)
+    with pytest.raises(UserError, match="bucket_reso_steps divisible by 32"):
+        export_kohya(project, settings_with("training_model=illustrious", "bucket_reso_steps=48"), tmp_path / "kohya")
+    assert not (tmp_path / "kohya").exists() or not any((tmp_path / "kohya").iterdir())
+
+
 # Through the train command --------------------------------------------------------------------
 
 

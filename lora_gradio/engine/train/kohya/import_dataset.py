@@ -76,6 +76,12 @@ class DatasetFileReader(ImportState):
         for name, key, kind in (("activation_tags", "keep_tokens", int), ("flip_aug", "flip_aug", bool)):
             if key in self.args:
                 self.put(name, self.args.get(key, kind), self.args, key)
+        # The rest stays as it was (or takes the model family's defaults, when the import changes the family).
+        dataset_names = ("resolution", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps", "num_repeats", "activation_tags", "flip_aug",
+                         "shuffle_tags", "caption_extension")
+        for name in dataset_names:
+            if name not in self.origins:
+                self.kept.add(name)
 
     def _dataset(self, path: Path) -> None:
         data = read_toml(path)

@@ -26,6 +26,15 @@ class ImportState:
         self.origins: dict[str, Origin] = {}
         self.dataset_levels: list[Keys] = []
         self.folders: list[DatasetFolder] | None = None  # the dataset file's folders, to count steps
+        # Settings the files leave open for this model (e.g. zero_terminal_snr without v-prediction): they keep
+        # base's value, or the model family's default when the import changes the family.
+        self.kept: set[str] = set()
+        self.family: str | None = None  # the imported base model's family ("sd"/"sdxl"), None: unknown here
+        self.v_pred = False  # whether this tool trains the imported model with v-prediction
+        # A REX class as lr_scheduler_type (the XL notebook's rex): its dotted name and its lr_scheduler_args
+        # (name -> (number, "name=text")), read for the warmup and the notes once the run's steps are known.
+        self.rex_class = ""
+        self.rex_args: dict[str, tuple[float, str]] | None = None
 
     def put(self, name: str, value: Any, keys: Keys, key: str) -> None:
         self.data[name] = value

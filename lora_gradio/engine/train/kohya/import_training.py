@@ -1,15 +1,32 @@
-"""Import of the training file: base model, network, learning rates, scheduler, optimizer, length,
-training options, sample prompts and outputs (kohya merges its sections into one set of arguments)."""
+"""Import of the training file: base model (with v-prediction), network, learning rates, scheduler, optimizer,
+length, training options (precision, noise), sample prompts and outputs (kohya merges its sections into one
+set of arguments). The SD notebook's and the XL notebook's files (sdxl_train_network.py) read the same way."""
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from lora_gradio.engine.train import config as cfg
-from lora_gradio.engine.train.kohya.common import LYCORIS_TYPES, OPTIMIZER_FROM_KOHYA, OPTIMIZER_TO_KOHYA, models_dir, url_file_name
+from lora_gradio.engine.train.kohya.common import (
+    CAME_CLASS,
+    LYCORIS_TYPES,
+    OPTIMIZER_FROM_KOHYA,
+    OPTIMIZER_TO_KOHYA,
+    REX_CLASS_NAMES,
+    model_facts,
+    models_dir,
+    notebook_stem_matches,
+    preset_label,
+    url_file_name,
+)
 from lora_gradio.engine.train.kohya.import_state import ImportState
 from lora_gradio.engine.train.kohya.keys import Keys, convert
 from lora_gradio.engine.train.models import PRESETS
+
+# kohya's multires_noise_discount when unset.
+_KOHYA_MULTIRES_DISCOUNT = 0.3
 
 
 class TrainingFileReader(ImportState):
@@ -22,23 +39,62 @@ class TrainingFileReader(ImportState):
             self.put("training_model", self._preset_or_path(spec), a, "pretrained_model_name_or_path")
         else:
             self.notes.append(f"{a.path} names no base model (pretrained_model_name_or_path): training_model stays {self.base.training_model!r}.")
-        for key in ("v2", "v_parameterization"):
-            if a.get(key, bool):
-                self.notes.append(f"{key} = true is not needed here: the model's version is read from the model file.")
+        if a.get("v2", bool):
+            self.notes.append("v2 = true is not needed here: the model's version is read from the model file.")
+        facts = model_facts(str(self.data["training_model"]))
+        self.family = facts.family
+        self._v_prediction(facts.v_pred, facts.how)
+        vae = a.get("vae", str)
+        if vae is not None:
+            if "sdxl_vae" in vae.lower() or "sdxl-vae" in vae.lower():
+                self.notes.append(f"vae = {vae} is not needed here: the base model's own VAE is used, and for the SDXL presets that is the SDXL VAE.")
+            else:
+                self.notes.append(f"vae = {vae} is ignored: this tool encodes the images with the base model's own VAE.")
+
+    def _v_prediction(self, model_v_pred: bool, how: str) -> None:
+        """kohya's v_parameterization is v_pred here; zero_terminal_snr and scale_v_pred_loss_like_noise_pred
+        only matter with v-prediction (this tool trains a model that says it predicts v as one anyway)."""
+        a = self.args
+        asked = bool(a.get("v_parameterization", bool))  # kohya's default: false
+        if "v_parameterization" in a:
+            self.put("v_pred", asked, a, "v_parameterization")
+        else:
+            self.data["v_pred"] = False
+        self.v_pred = asked or model_v_pred
+        if model_v_pred and asked:
+            self.notes.append(f"v_parameterization = true is imported as v_pred = true ({how} predicts v anyway).")
+        elif model_v_pred:
+            self.notes.append(
+                f"{how} is a v-prediction model, but the file does not set v_parameterization = true: kohya would train it "
+                "as a noise-prediction model (black images), this tool trains it with v-prediction."
+            )
+        for name, key in (("zero_terminal_snr", "zero_terminal_snr"), ("scale_v_pred_loss", "scale_v_pred_loss_like_noise_pred")):
+            if key in a:
+                self.put(name, a.get(key, bool), a, key)
+            elif self.v_pred:
+                self.data[name] = False  # kohya's default
+            else:
+                self.kept.add(name)  # no use without v-prediction: the file leaves it open
+        if not self.v_pred and a.get("zero_terminal_snr", bool):
+            self.notes.append(
+                "zero_terminal_snr = true without v_parameterization: kohya would rescale the noise schedule of a noise-prediction "
+                "model (it warns that the result is unexpected); this tool uses zero terminal SNR with v-prediction only."
+            )
 
     def _preset_or_path(self, spec: str) -> str:
-        """The notebook's downloaded presets (e.g. /content/animefull-final-pruned-fp16.safetensors) become
-        the preset again; a copy of one that exists elsewhere on this machine stays a path."""
+        """The notebooks' downloaded presets (e.g. /content/animefull-final-pruned-fp16.safetensors, the XL
+        notebook's /content/ponyDiffusionV6XL.safetensors) become the preset again; a copy of one that exists
+        elsewhere on this machine stays a path."""
         path = Path(spec).expanduser()
         stem = PurePosixPath(spec.replace("\\", "/")).stem
         for key, preset in PRESETS.items():
-            if PurePosixPath(url_file_name(preset.url)).stem != stem:
+            if PurePosixPath(url_file_name(preset.url)).stem != stem and not notebook_stem_matches(key, stem):
                 continue
             ours = self.project is not None and path.resolve().parent == models_dir(self.project)
             if path.exists() and not ours:
                 return spec
             if not ours:
-                self.notes.append(f"pretrained_model_name_or_path = {spec} is the notebook's {preset.label.split(' (')[0]} model: imported as the preset {key!r}.")
+                self.notes.append(f"pretrained_model_name_or_path = {spec} is the notebook's {preset_label(preset)} model: imported as the preset {key!r}.")
             return key
         return spec
 
@@ -116,6 +172,7 @@ class TrainingFileReader(ImportState):
     def _scheduler(self) -> None:
         a = self.args
         self.copy((("lr_scheduler", "lr_scheduler", str, "constant"),), a)
+        self._rex_scheduler_type()
         scheduler = str(self.data["lr_scheduler"]).lower()
         # One number here: the power of polynomial, the restarts of cosine_with_restarts (kohya's defaults: 1).
         used, unused = ("lr_scheduler_power", "lr_scheduler_num_cycles") if scheduler == "polynomial" else ("lr_scheduler_num_cycles", "lr_scheduler_power")
@@ -124,6 +181,32 @@ class TrainingFileReader(ImportState):
             self.put("lr_scheduler_number", a.get(used, int), a, used)
         elif scheduler in ("polynomial", "cosine_with_restarts"):
             self.data["lr_scheduler_number"] = 1
+
+    def _rex_scheduler_type(self) -> None:
+        """A REX class as kohya's lr_scheduler_type (the XL notebook's rex; kohya then ignores lr_scheduler) is
+        lr_scheduler = rex here; its lr_scheduler_args are kept in `rex_args` for the warmup and the notes
+        (importer). Another class stays unread: the notes say that lr_scheduler is used instead."""
+        a = self.args
+        kind = a.values["lr_scheduler_type"][0] if "lr_scheduler_type" in a else None
+        if not isinstance(kind, str) or kind.strip().rsplit(".", 1)[-1].lower() not in {name.lower() for name in REX_CLASS_NAMES}:
+            return
+        self.put("lr_scheduler", "rex", a, "lr_scheduler_type")
+        self.rex_class = a.get("lr_scheduler_type", str)
+        value = a.raw("lr_scheduler_args", [])
+        if isinstance(value, str):
+            value = value.split()
+        if not isinstance(value, list) or not all(isinstance(item, str) and "=" in item for item in value):
+            raise a.bad("lr_scheduler_args", 'use a list of "key=value" texts, e.g. ["min_lr=1e-9", "gamma=0.9", "d=0.9"]')
+        self.rex_args = {}
+        for item in value:
+            key, _, text = (part.strip() for part in item.partition("="))
+            try:
+                number = ast.literal_eval(text)  # as kohya reads them
+            except (ValueError, SyntaxError):
+                number = None
+            if isinstance(number, bool) or not isinstance(number, (int, float)):
+                raise a.bad("lr_scheduler_args", f"{key}={text} must be a number for {self.rex_class.rsplit('.', 1)[-1]}")
+            self.rex_args[key] = (number, f"{key}={text}")
 
     def _optimizer(self) -> None:
         a = self.args
@@ -136,6 +219,8 @@ class TrainingFileReader(ImportState):
             if found is None:
                 raise a.bad("optimizer_type", f"use one of {', '.join(OPTIMIZER_TO_KOHYA.get(o, o) for o in cfg.OPTIMIZERS)}")
             self.put("optimizer", found, a, "optimizer_type")
+            if found == "CAME":
+                self._came_note(name)
         elif a.get("use_8bit_adam", bool):
             self.put("optimizer", "AdamW8bit", a, "use_8bit_adam")
         elif a.get("use_lion_optimizer", bool):
@@ -147,9 +232,40 @@ class TrainingFileReader(ImportState):
             value = value.split()
         if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
             raise a.bad("optimizer_args", 'use a list of "key=value" texts, e.g. ["weight_decay=0.1"]')
+        if self.data["optimizer"] == "CAME" and (a.get("optimizer_type", str) or "").lower() == "came_pytorch.came":
+            value = self._came_pytorch_args(value)
         self.data["optimizer_args"] = value
         if "optimizer_args" in a:
             self.origins["optimizer_args"] = a.origin("optimizer_args")
+
+    def _came_note(self, name: str) -> None:
+        """This tool's CAME is pytorch-optimizer's (what kohya runs as pytorch_optimizer.CAME)."""
+        module = name.rsplit(".", 1)[0].lower() if "." in name else ""
+        if module == "loraeasycustomoptimizer.came":
+            self.notes.append(
+                f"optimizer_type = {name} is the XL notebook's CAME: imported as CAME, which runs pytorch-optimizer's CAME "
+                "here (the notebook's is a copy of it that adds stochastic rounding for bf16 weights)."
+            )
+        elif module == "came_pytorch":
+            self.notes.append(f"optimizer_type = {name} (the came-pytorch package) is imported as CAME, which runs pytorch-optimizer's CAME here.")
+        elif not module:
+            self.notes.append(f"optimizer_type = {name} is imported as CAME; kohya itself needs the class with its module: {CAME_CLASS}.")
+
+    def _came_pytorch_args(self, args: list[str]) -> list[str]:
+        """came-pytorch's eps=(eps1, eps2) is pytorch-optimizer's eps1 and eps2."""
+        result = []
+        for item in args:
+            key, _, text = (part.strip() for part in item.partition("="))
+            try:
+                value: Any = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                value = None
+            if key == "eps" and isinstance(value, (tuple, list)) and len(value) == 2:
+                result += [f"eps1={value[0]!r}", f"eps2={value[1]!r}"]
+                self.notes.append(f"optimizer_args {item} of came-pytorch is eps1={value[0]!r} eps2={value[1]!r} in pytorch-optimizer's CAME.")
+            else:
+                result.append(item)
+        return result
 
     def _length(self) -> None:
         a = self.args
@@ -173,7 +289,9 @@ class TrainingFileReader(ImportState):
             ("keep_only_last_n_epochs", "save_last_n_epochs", int, 0),
             ("train_batch_size", "train_batch_size", int, 1),
             ("noise_offset", "noise_offset", float, 0.0),
-            ("clip_skip", "clip_skip", int, 1),
+            ("multires_noise_iterations", "multires_noise_iterations", int, 0),
+            ("ip_noise_gamma", "ip_noise_gamma", float, 0.0),
+            ("cache_text_encoder_outputs", "cache_text_encoder_outputs", bool, False),
             ("weighted_captions", "weighted_captions", bool, False),
             ("max_token_length", "max_token_length", int, 75),
             ("gradient_checkpointing", "gradient_checkpointing", bool, False),
@@ -184,10 +302,12 @@ class TrainingFileReader(ImportState):
             ("save_precision", "save_precision", str, "float"),  # unset: kohya saves the float32 weights
             ("sample_every_n_epochs", "sample_every_n_epochs", int, 0),
         ), a)
-        if self.data["mixed_precision"] == "fp16" and self.base.mixed_precision == "auto":
-            # Export writes "auto" as fp16 (kohya has no auto), and fp16 was the notebook's only choice (for the T4).
-            self.data["mixed_precision"] = "auto"
-            self.notes.append("mixed_precision = fp16 is imported as auto (fp16, or bf16 where the GPU has it); --set mixed_precision=fp16 forces fp16.")
+        self._clip_skip()
+        self._noise()
+        self._precision()
+        if a.get("cache_text_encoder_outputs_to_disk", bool):  # kohya then caches them, in memory too
+            self.put("cache_text_encoder_outputs", True, a, "cache_text_encoder_outputs_to_disk")
+            self.notes.append("cache_text_encoder_outputs_to_disk = true is imported as cache_text_encoder_outputs = true: this tool keeps them in memory.")
         gamma = a.get("min_snr_gamma", float)
         if gamma is None:
             self.data["min_snr_gamma"] = False
@@ -198,6 +318,41 @@ class TrainingFileReader(ImportState):
         else:
             self.notes.append(f"{a.path} sets no seed (kohya picks a random one each run): seed stays {self.base.seed}.")
         self._sample_prompts()
+
+    def _clip_skip(self) -> None:
+        a = self.args
+        if "clip_skip" in a:
+            self.put("clip_skip", a.get("clip_skip", int), a, "clip_skip")
+        elif self.family == "sdxl":
+            self.kept.add("clip_skip")  # sdxl_train_network.py always takes the penultimate layers, as this tool does
+        else:
+            self.data["clip_skip"] = 1  # kohya's default: the last layer
+
+    def _noise(self) -> None:
+        a = self.args
+        if "multires_noise_discount" in a:
+            self.put("multires_noise_discount", a.get("multires_noise_discount", float), a, "multires_noise_discount")
+        elif self.data["multires_noise_iterations"]:
+            self.data["multires_noise_discount"] = _KOHYA_MULTIRES_DISCOUNT
+        else:
+            self.kept.add("multires_noise_discount")  # no use without multires noise
+
+    def _precision(self) -> None:
+        """kohya's mixed_precision, with full_fp16 / full_bf16 on top (they need mixed_precision fp16 / bf16)."""
+        a = self.args
+        full = [key for key in ("full_fp16", "full_bf16") if a.get(key, bool)]
+        if len(full) > 1:
+            raise a.bad("full_bf16", "set full_fp16 or full_bf16, not both")
+        if full:
+            key = full[0]
+            needed = key.removeprefix("full_")
+            if self.data["mixed_precision"] != needed:
+                raise a.bad(key, f'kohya\'s {key} needs mixed_precision = "{needed}": set that, or remove {key}')
+            self.put("mixed_precision", key, a, key)
+        elif self.data["mixed_precision"] == "fp16" and self.base.mixed_precision == "auto":
+            # Export writes "auto" as fp16 (kohya has no auto), and fp16 was the notebook's only choice (for the T4).
+            self.data["mixed_precision"] = "auto"
+            self.notes.append("mixed_precision = fp16 is imported as auto (fp16, or bf16 where the GPU has it); --set mixed_precision=fp16 forces fp16.")
 
     def _sample_prompts(self) -> None:
         a = self.args

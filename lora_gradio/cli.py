@@ -451,8 +451,10 @@ def _print_kohya_notes(project: Any, config: str) -> None:
 def _export_kohya(project: Any, settings: Any, folder: str) -> int:
     from lora_gradio.engine.train import kohya
 
-    for path in kohya.export_kohya(project, settings, folder):
+    paths = kohya.export_kohya(project, settings, folder)
+    for path in paths:
         print(path)
+    print(f"run: {kohya.kohya_command(settings, paths[0], project)}", file=sys.stderr)
     model = kohya.kohya_model_location(project, settings)
     if model.startswith(("http://", "https://")) or (Path(model).is_absolute() and not Path(model).exists()):
         print(f"note: the base model {model} is not on this machine yet; kohya's scripts need the file (training here once downloads it).", file=sys.stderr)

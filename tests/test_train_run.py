@@ -233,17 +233,17 @@ def test_a_new_run_sets_the_previous_one_aside_instead_of_overwriting(tmp_path, 
 
 def test_samples_with_a_16_bit_unet_and_an_fp32_vae(tmp_path, tiny_model):
     # On a GPU the UNet and text encoder run in bf16/fp16 while the VAE stays fp32 (as in the loop).
-    import types
-
     import torch
     from diffusers import StableDiffusionPipeline
 
     from lora_gradio.engine.train.sampling import sample_images
 
+    from lora_gradio.engine.train.models import BaseModel
+
     pipe = StableDiffusionPipeline.from_pretrained(tiny_model, safety_checker=None, requires_safety_checker=False)
-    model = types.SimpleNamespace(
-        unet=pipe.unet.to(torch.bfloat16), text_encoder=pipe.text_encoder.to(torch.bfloat16), vae=pipe.vae,
-        tokenizer=pipe.tokenizer, noise_scheduler=pipe.scheduler,
+    model = BaseModel(
+        unet=pipe.unet.to(torch.bfloat16), text_encoders=[pipe.text_encoder.to(torch.bfloat16)], vae=pipe.vae,
+        tokenizers=[pipe.tokenizer], noise_scheduler=pipe.scheduler, version="sd_v1", source=None,
     )
     saved = sample_images(model, ["tiny_char --w 64 --h 64 --s 2"], tmp_path / "sample", "x-01", 64, 1, "cpu")
     from PIL import Image

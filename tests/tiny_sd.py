@@ -53,11 +53,30 @@ def write_tiny_tokenizer(folder: Path) -> None:
     (folder / "special_tokens_map.json").write_text(json.dumps({"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}))
 
 
+def tiny_vae(scaling_factor: float = 0.18215):
+    """A tiny AutoencoderKL with the real 8x downscale (SDXL's differs only in its scaling factor).
+    Its weights come from torch's current random state."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(8, 8, 16, 16),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=4,
+        sample_size=64,
+        scaling_factor=scaling_factor,
+    )
+
+
 def tiny_components(seed: int = 0):
     """(unet, vae, text_config): the UNet and VAE with fixed random weights, and the text
     encoder's config (its vocabulary size is set from the tokenizer in build_tiny_sd)."""
     import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig
 
     torch.manual_seed(seed)
@@ -73,17 +92,7 @@ def tiny_components(seed: int = 0):
         attention_head_dim=8,
         norm_num_groups=8,
     )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(8, 8, 16, 16),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
-        layers_per_block=1,
-        norm_num_groups=4,
-        sample_size=64,
-    )
+    vae = tiny_vae()
     text_config = CLIPTextConfig(
         vocab_size=_vocab_size(),
         hidden_size=TINY_TEXT_HIDDEN,

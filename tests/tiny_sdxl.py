@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from tests.ldm_checkpoint import vae_to_ldm
-from tests.tiny_sd import _vocab_size, write_tiny_tokenizer
+from tests.tiny_sd import _vocab_size, tiny_vae, write_tiny_tokenizer
 
 # The two text encoders must differ in width: diffusers' single-file loader tells CLIP-L from
 # bigG by comparing each embedding's width with the encoder it is building (768 vs 1280 for real).
@@ -28,7 +28,7 @@ SDXL_CONFIGS = Path(__file__).resolve().parents[1] / "lora_gradio" / "engine" / 
 def tiny_sdxl_components(seed: int = 0):
     """(unet, vae, text_encoder, text_encoder_2) with fixed random weights."""
     import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     vocab = _vocab_size()
@@ -51,18 +51,7 @@ def tiny_sdxl_components(seed: int = 0):
         projection_class_embeddings_input_dim=6 * ADD_TIME_DIM + TE2_PROJECTION,
         norm_num_groups=8,
     )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(8, 8, 16, 16),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
-        layers_per_block=1,
-        norm_num_groups=4,
-        sample_size=64,
-        scaling_factor=0.13025,
-    )
+    vae = tiny_vae(scaling_factor=0.13025)
     special_ids = {"bos_token_id": vocab - 2, "eos_token_id": vocab - 1}
     torch.manual_seed(seed + 1)
     text_encoder = CLIPTextModel(CLIPTextConfig(

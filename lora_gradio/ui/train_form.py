@@ -18,9 +18,10 @@ from lora_gradio.ui.compat import gr
 
 # (title, the guide's advice for the section, keys, open at start)
 SECTIONS: list[tuple[str, str, list[str], bool]] = [
-    ("Setup", "The base model: the guide uses an anime model for anime characters and styles, SD 1.5 for photos.",
-     ["training_model", "output_name"], True),
-    ("Processing", "How images and captions are read. Keep 512 for SD 1.5 models; shuffle tags and keep your activation tag first.",
+    ("Setup", "The base model: the SD 1.5 guide uses an anime model for anime characters and styles; the XL notebook trains on Illustrious "
+     "(or NoobAI, Pony, Animagine). Choosing an SDXL model fills in the XL notebook's defaults where you kept the SD 1.5 ones.",
+     ["training_model", "v_pred", "output_name"], True),
+    ("Processing", "How images and captions are read. 512 for SD 1.5 models, 1024 for SDXL; shuffle tags and keep your activation tag first.",
      ["resolution", "flip_aug", "shuffle_tags", "activation_tags", "caption_extension"], True),
     ("Steps", "images x repeats x epochs / batch = steps. The guide aims for 200-400 images x repeats per epoch, about 10 epochs, 1000-3000 steps.",
      ["num_repeats", "preferred_unit", "how_many", "save_every_n_epochs", "keep_only_last_n_epochs", "train_batch_size"], True),
@@ -31,8 +32,10 @@ SECTIONS: list[tuple[str, str, list[str], bool]] = [
     ("Extras", "The guide's extras: another optimizer, several folders with their own repeats, regularization images, continuing from a LoRA, weighted captions, samples while training.",
      ["optimizer", "optimizer_args", "custom_dataset", "continue_from_lora", "weighted_captions", "sample_prompts", "sample_every_n_epochs"], False),
     ("Advanced", "What the notebook set for you. Gradient checkpointing trades speed for memory on small GPUs.",
-     ["clip_skip", "max_token_length", "seed", "mixed_precision", "save_precision", "noise_offset", "min_bucket_reso", "max_bucket_reso",
-      "bucket_reso_steps", "cache_latents", "cache_latents_to_disk", "gradient_checkpointing", "prior_loss_weight", "force_steps"], False),
+     ["clip_skip", "max_token_length", "seed", "mixed_precision", "save_precision", "noise_offset", "multires_noise_iterations",
+      "multires_noise_discount", "ip_noise_gamma", "zero_terminal_snr", "scale_v_pred_loss", "min_bucket_reso", "max_bucket_reso",
+      "bucket_reso_steps", "cache_latents", "cache_latents_to_disk", "cache_text_encoder_outputs", "gradient_checkpointing",
+      "prior_loss_weight", "force_steps"], False),
 ]
 FOLDER_HEADERS = ["folder", "num_repeats", "is_reg", "keep_tokens", "flip_aug"]
 EMPTY_FOLDER_ROW = ["", "", "false", "", ""]

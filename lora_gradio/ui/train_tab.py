@@ -93,6 +93,17 @@ def build_train_tab(blocks, projects: Projects, project_dropdown, webui=None) ->
         autosave.setting = key
         return autosave
 
+    @shown_errors(3 + len(form.keys))
+    def autosave_model(project_name, shown_name, value):
+        """The base model saves like any field, and may bring its family's defaults (SD 1.5 <-> SDXL): the
+        form then shows them, with a sentence saying what changed."""
+        project = open_project(projects, project_name)
+        require_shown(project, shown_name)
+        notes: list[str] = []
+        settings = cfg.update_settings(project, {"training_model": from_widget("training_model", value)}, notes)
+        text = ok(f"Saved to `{escape(project.settings_file.name)}` at {time.strftime('%H:%M:%S')}." + "".join(f" {escape(n)}" for n in notes))
+        return [text, calculator_text(project, settings), *form_values(settings), project.name]
+
     def load_project(project_name):
         try:
             project = open_project(projects, project_name)
@@ -147,15 +158,21 @@ def build_train_tab(blocks, projects: Projects, project_dropdown, webui=None) ->
     def export_files(project_name, *values):
         from lora_gradio.engine.train.kohya import export_kohya as write_kohya
 
-        project = open_project(projects, project_name)
-        paths = write_kohya(project, save_form(project, *values), project.config_dir / "kohya")
-        return ok(f"Wrote kohya's files to `{escape(paths[0].parent)}`: `accelerate launch train_network.py --config_file {escape(paths[0])}` runs the same training."), [str(p) for p in paths]
+        from lora_gradio.engine.train.kohya import kohya_command
 
+        project = open_project(projects, project_name)
+        settings = save_form(project, *values)
+        paths = write_kohya(project, settings, project.config_dir / "kohya")
+        return ok(f"Wrote kohya's files to `{escape(paths[0].parent)}`: `{escape(kohya_command(settings, paths[0], project))}` runs the same training."), [str(p) for p in paths]
+
+    loaded_outputs = [settings_message, calculator, *form.widgets, shown]
     for key, widget in zip(form.keys, form.widgets):
         # Typing fields save when left (not on every key), choices and tables as soon as they change.
         event = widget.blur if isinstance(widget, (gr.Textbox, gr.Number)) else widget.input
-        event(autosave_for(key), inputs=[project_dropdown, shown, widget], outputs=[settings_message, calculator], show_progress="hidden")
-    loaded_outputs = [settings_message, calculator, *form.widgets, shown]
+        if key == "training_model":
+            event(autosave_model, inputs=[project_dropdown, shown, widget], outputs=loaded_outputs, show_progress="hidden")
+        else:
+            event(autosave_for(key), inputs=[project_dropdown, shown, widget], outputs=[settings_message, calculator], show_progress="hidden")
     project_dropdown.change(load_project, inputs=[project_dropdown], outputs=loaded_outputs)
     blocks.load(load_project, inputs=[project_dropdown], outputs=loaded_outputs)
     load_preset.click(apply_preset, inputs=[project_dropdown, preset], outputs=loaded_outputs)

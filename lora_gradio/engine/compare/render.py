@@ -59,7 +59,7 @@ def _lora_network(model: Any, path: Path, current: Any, device: Any, dtype: Any)
     """A network that fits `path` (the one already built when it fits), loaded with its weights."""
     from safetensors.torch import load_file
 
-    from lora_gradio.engine.train.network import create_network, describe_kohya_state_dict
+    from lora_gradio.engine.train.network import create_network, describe_kohya_state_dict, lora_family
     from lora_gradio.engine.train.saving import read_lora_metadata
 
     try:
@@ -68,6 +68,10 @@ def _lora_network(model: Any, path: Path, current: Any, device: Any, dtype: Any)
     except Exception as exc:
         raise UserError(f"{path.name} cannot be read ({type(exc).__name__}): it may be cut off; train that epoch again or leave it out.") from None
     found = describe_kohya_state_dict(sd, metadata)
+    made_for = lora_family(sd, metadata)
+    if made_for and made_for != model.family.key:
+        raise UserError(f"{path.name} is a LoRA for another model family than the base model ({model.family.label}): "
+                        "compare it on the base model it was trained on (the Train tab's training_model).")
     if not found["network_dim"]:
         raise UserError(f"{path.name} does not say its LoRA size (no lora_down tensors and no ss_network_dim): it was not saved by kohya or this tool.")
     key = (found["lora_type"], found["network_dim"], found["network_alpha"], found["conv_dim"], found["conv_alpha"], found["has_text_encoder"])
@@ -75,8 +79,9 @@ def _lora_network(model: Any, path: Path, current: Any, device: Any, dtype: Any)
     if network is None:
         if current:
             current[1].restore()
-        network = create_network(model.unet, model.text_encoder, found["lora_type"], found["network_dim"], found["network_alpha"] or found["network_dim"],
-                                 found["conv_dim"] or 8, found["conv_alpha"] or 4, train_text_encoder=found["has_text_encoder"])
+        network = create_network(model.unet, model.family.network_text_encoders(model), found["lora_type"], found["network_dim"],
+                                 found["network_alpha"] or found["network_dim"], found["conv_dim"] or 8, found["conv_alpha"] or 4,
+                                 train_text_encoder=found["has_text_encoder"], unet_name=model.family.lora_unet_name(model))
         network.to(device, dtype=dtype)
         network.eval()
         network.requires_grad_(False)
@@ -96,17 +101,13 @@ class _Renderer:
 
     def __init__(self, model: Any, settings: CompareSettings, width: int, height: int, seeds: list[int], clip_skip: int, max_token_length: int, device: Any):
         import torch
-        from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionPipeline
+
+        from lora_gradio.engine.train.sampling import sampling_pipeline
 
         self.model, self.settings, self.device = model, settings, device
         self.width, self.height, self.seeds = width, height, seeds
         self.clip_skip, self.max_token_length = clip_skip, max_token_length
-        scheduler = EulerAncestralDiscreteScheduler.from_config(model.noise_scheduler.config)
-        self.pipe = StableDiffusionPipeline(
-            unet=model.unet, vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer,
-            scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-        )
-        self.pipe.set_progress_bar_config(disable=True)
+        self.pipe = sampling_pipeline(model)
         factor = self.pipe.vae_scale_factor
         shape = (1, model.unet.config.in_channels, height // factor, width // factor)
         self.noise = torch.cat([torch.randn(shape, generator=torch.Generator("cpu").manual_seed(s), dtype=torch.float32) for s in seeds])
@@ -114,21 +115,14 @@ class _Renderer:
     def render(self, prompt: str, negative: str) -> list:
         import torch
 
-        from lora_gradio.engine.train.prompts import encode_prompts
+        from lora_gradio.engine.train.sampling import generate
 
-        model = self.model
         generators = [torch.Generator("cpu").manual_seed(s + 1_000_003) for s in self.seeds]
-        with torch.no_grad():
-            embeds = encode_prompts(model.tokenizer, model.text_encoder, [prompt, negative], self.max_token_length, self.clip_skip, device=self.device)
-            embeds = embeds.to(model.unet.dtype)
-            latents = self.pipe(
-                prompt_embeds=embeds[:1], negative_prompt_embeds=embeds[1:], width=self.width, height=self.height,
-                num_inference_steps=self.settings.steps, guidance_scale=self.settings.cfg_scale, generator=generators,
-                latents=self.noise.to(self.device, model.unet.dtype), num_images_per_prompt=len(self.seeds), output_type="latent",
-            ).images
-            # The VAE decodes in its own dtype (fp32), as the training samples do.
-            decoded = model.vae.decode(latents.to(model.vae.dtype) / model.vae.config.scaling_factor).sample
-            return self.pipe.image_processor.postprocess(decoded, output_type="pil")
+        return generate(
+            self.model, self.pipe, prompt, negative, self.max_token_length, self.clip_skip, self.device,
+            width=self.width, height=self.height, num_inference_steps=self.settings.steps, guidance_scale=self.settings.cfg_scale,
+            generator=generators, latents=self.noise.to(self.device, self.model.unet.dtype), num_images_per_prompt=len(self.seeds),
+        )
 
 
 def compare_project(project: Project, progress: "Progress | None" = None, **overrides: Any) -> CompareResult:
@@ -158,13 +152,14 @@ def compare_project(project: Project, progress: "Progress | None" = None, **over
     quiet_ml_libraries()
     progress.update(0, cells_total, "loading the base model")
     source = resolve_source(train.training_model, project.root / "_models", progress)
-    model = load_base_model(source)
+    model = load_base_model(source, v_pred=train.v_pred, zero_terminal_snr=train.zero_terminal_snr)
     device, dtype = _device_and_dtype()
-    for part in (model.unet, model.text_encoder, model.vae):
+    for part in (model.unet, model.vae, *model.text_encoders):
         part.requires_grad_(False)
         part.eval()
     model.unet.to(device, dtype=dtype)
-    model.text_encoder.to(device, dtype=dtype)
+    for encoder in model.text_encoders:
+        encoder.to(device, dtype=dtype)
     model.vae.to(device, dtype=torch.float32)
     renderer = _Renderer(model, settings, width, height, seeds, train.clip_skip, train.max_token_length, device)
     progress.log(f"comparing {len(chosen)} epoch(s) x {len(settings.weights)} weight(s) at {width}x{height}, {settings.steps} steps, seed {first_seed}; prompt: {prompt}")

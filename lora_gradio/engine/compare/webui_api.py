@@ -132,10 +132,14 @@ def send_to_webui(url: str, project: Project, progress: "Progress | None" = None
         if absent:
             raise UserError(f"The WebUI has no {', '.join(sorted(absent))}: copy the files from {project.output_dir} into the WebUI's models/Lora folder, then try again.")
     axis, defaults = xyz_script_args(call("GET", "/sdapi/v1/script-info"))
+    from lora_gradio.engine.train.config import model_family
+
+    # SDXL always uses its encoders' penultimate layers: the WebUI's CLIP skip must stay as it is.
+    clip_skip = None if model_family(train.training_model) == "sdxl" else train.clip_skip
     payload = webui_xyz_payload(
         strings.prompt, strings.negative_prompt, strings.x_values, strings.y_values, axis_index=axis,
         seed=settings.seed, steps=settings.steps, cfg_scale=settings.cfg_scale, width=settings.width or train.resolution,
-        height=settings.height or train.resolution, batch=settings.batch, clip_skip=train.clip_skip, defaults=defaults,
+        height=settings.height or train.resolution, batch=settings.batch, clip_skip=clip_skip, defaults=defaults,
     )
     answer: dict[str, Any] = {}
 

@@ -57,10 +57,15 @@ def quick_plan(project: Project, settings: cfg.TrainSettings) -> StepPlan:
 
 
 def check_training_data(project: Project, settings: cfg.TrainSettings, progress: "Progress | None" = None) -> DataCheck:
-    """Everything the run would find in the dataset, without loading a model."""
+    """Everything the run would find in the dataset and the model settings, without loading a model."""
     from lora_gradio.engine.train.data import collect_items
     from lora_gradio.engine.train.loop import dataset_folders, step_plan
+    from lora_gradio.engine.train.preflight import check_model_settings
 
+    try:
+        model_notes = check_model_settings(settings)  # the run refuses the same things, in the same words
+    except UserError as exc:
+        return DataCheck(None, [Finding(ERROR, str(exc))])
     try:
         dataset = collect_items(
             dataset_folders(project, settings), settings.caption_extension, settings.resolution,
@@ -79,6 +84,7 @@ def check_training_data(project: Project, settings: cfg.TrainSettings, progress:
         check.findings.append(Finding(WARNING, f"{len(dataset.problems)} image(s) cannot be read and will be skipped: {shown}. Replace or remove them on the Dataset tab."))
     check.findings.extend(Finding(WARNING, w) for w in dataset.warnings)  # captions missing or unreadable
     check.findings.extend(advice_for(project, settings, dataset, plan))
+    check.findings.extend(Finding(ADVICE, note) for note in model_notes)
     return check
 
 

@@ -41,13 +41,15 @@ SECTION = "train"
 HELP_HINT = "see `train --help-settings`"
 # min_snr_gamma = true means the paper's (and the notebook's) 5.0.
 DEFAULT_MIN_SNR_GAMMA = 5.0
-MODEL_PRESETS = ("anime", "anylora", "sd15")
+# The notebooks' base models (engine/train/models.py has their links): SD 1.5 guide, then the XL notebook.
+MODEL_PRESETS = ("anime", "anylora", "sd15", "illustrious", "noobai_eps", "noobai_vpred", "pony", "animagine", "sdxl")
 LORA_TYPES = ("LoRA", "LoCon", "LoHa", "LoKr", "IA3", "DoRA")
-OPTIMIZERS = ("AdamW8bit", "AdamW", "Prodigy", "DAdaptation", "Lion", "AdaFactor")
+OPTIMIZERS = ("AdamW8bit", "AdamW", "Prodigy", "DAdaptation", "Lion", "AdaFactor", "CAME")
 # These pick their own step size; their "learning rate" is a multiplier around 1.0.
 ADAPTIVE_OPTIMIZERS = ("Prodigy", "DAdaptation")
 # Literal[TUPLE] is Literal[a, b, ...]: the choices are written once, here.
-SCHEDULERS = ("constant", "cosine", "cosine_with_restarts", "constant_with_warmup", "linear", "polynomial")
+PRECISIONS = ("auto", "fp16", "bf16", "no", "full_fp16", "full_bf16")
+SCHEDULERS = ("constant", "cosine", "cosine_with_restarts", "constant_with_warmup", "linear", "polynomial", "rex")
 _SAFE_NAME = re.compile(r"^[\w][\w.-]*$", re.UNICODE)
 
 
@@ -92,12 +94,21 @@ class TrainSettings(SettingsBase):
     # Model
     training_model: str = Field(
         "anime",
-        **allowed("a preset (anime, anylora, sd15), a model file, a diffusers folder, a repo id or a link"),
-        description="Base model: 'anime', 'anylora' or 'sd15' (the notebook's presets), a .safetensors/.ckpt path, "
-        "a diffusers folder, a Hugging Face repo id, or a download link (Hugging Face or civitai).",
+        **allowed("a preset (" + ", ".join(MODEL_PRESETS) + "), a model file, a diffusers folder, a repo id or a link"),
+        description="Base model: SD 1.5 'anime', 'anylora' or 'sd15' (the guide's presets); SDXL 'illustrious' (the XL notebook's default), "
+        "'noobai_eps', 'noobai_vpred', 'pony', 'animagine' or 'sdxl'; or a .safetensors/.ckpt path, a diffusers folder, "
+        "a Hugging Face repo id, or a download link (Hugging Face or civitai). Choosing an SDXL model offers the XL notebook's defaults.",
     )
+    v_pred: bool = Field(
+        False,
+        description="The base model predicts v (\"is v-pred\", e.g. NoobAI V-Pred): trains with v-prediction. "
+        "Read from the model when it says so (a v_pred key, a v-pred scheduler, the noobai_vpred preset); set it for other v-pred models, "
+        "or their LoRAs give black images.",
+    )
+    zero_terminal_snr: bool = Field(False, description="With v-prediction: rescale the noise schedule so its last step is pure noise, as NoobAI V-Pred was trained (on for SDXL).")
+    scale_v_pred_loss: bool = Field(False, description="With v-prediction: scale the loss like noise prediction's, as the XL notebook does (on for SDXL).")
     # Processing
-    resolution: int = Field(512, ge=256, le=2048, multiple_of=64, description="Training resolution; 512 for SD1.5 models.")
+    resolution: int = Field(512, ge=256, le=2048, multiple_of=64, description="Training resolution: 512 for SD 1.5 models, 1024 for SDXL.")
     flip_aug: bool = Field(False, description="Mirror images at random: doubles a small dataset (under ~20 images), but not for asymmetric characters.")
     shuffle_tags: bool = Field(True, description="Shuffle the tags of each caption every time: improves learning and prompting with anime tags.")
     activation_tags: int = Field(1, ge=0, le=32, description="How many leading tags stay in place when shuffling (keep_tokens): 1 keeps your activation tag first.")
@@ -113,7 +124,8 @@ class TrainSettings(SettingsBase):
     unet_lr: float = Field(5e-4, ge=0, le=10, **allowed("a number >= 0 and < 1 (up to 10 with Prodigy/DAdaptation)"), description="UNet learning rate, the most important setting: 5e-4 (lower to 2e-4 for many images or high dim). Prodigy/DAdaptation: about 1.0.")
     text_encoder_lr: float = Field(1e-4, ge=0, le=10, **allowed("a number >= 0 and < 1 (up to 10 with Prodigy/DAdaptation)"), description="Text encoder learning rate: a half to a fifth of the UNet's (1e-4); 0 trains the UNet only (fine for styles).")
     lr_scheduler: Literal[SCHEDULERS] = Field(
-        "cosine_with_restarts", description="How the learning rate changes: the guide recommends cosine_with_restarts with 3 restarts; constant if unsure."
+        "cosine_with_restarts", description="How the learning rate changes: the guide recommends cosine_with_restarts with 3 restarts; constant if unsure; "
+        "rex falls slowly at first, then to zero (the XL notebook offers it)."
     )
     lr_scheduler_number: int = Field(3, ge=1, le=100, description="Restarts for cosine_with_restarts (guide: 3), or the power for polynomial.")
     lr_warmup_ratio: float = Field(0.05, ge=0, le=0.5, description="Fraction of steps spent warming up the learning rate: the guide leaves it at 5%.")
@@ -132,7 +144,8 @@ class TrainSettings(SettingsBase):
     conv_alpha: int = Field(4, ge=1, le=1024, description="LoCon only: alpha of the conv layers (guide: 4).")
     # Training
     optimizer: Literal[OPTIMIZERS] = Field(
-        "AdamW8bit", description="AdamW8bit is the guide's default (AdamW on a CPU); Prodigy/DAdaptation set their own rate (use lr ~1.0 and alpha = dim)."
+        "AdamW8bit", description="AdamW8bit is the guide's default (AdamW on a CPU); Prodigy/DAdaptation set their own rate (use lr ~1.0 and alpha = dim); "
+        "CAME (the XL notebook's, with weight_decay=0.04) needs `pip install pytorch-optimizer`."
     )
     optimizer_args: List[str] = Field(
         default_factory=list,
@@ -146,12 +159,21 @@ class TrainSettings(SettingsBase):
     )
     continue_from_lora: str = Field("", **allowed("a .safetensors file, or ''"), description="A LoRA file to continue training from ('' = start fresh); epochs start from scratch.")
     weighted_captions: bool = Field(False, description="Allow (tag:1.2) weights in captions like WebUI prompts; escape literal parentheses as \\( \\).")
-    clip_skip: int = Field(2, ge=1, le=12, description="Use the text encoder's N-th last layer: 2 for anime models (NovelAI lineage), 1 for SD1.5 photo models.")
+    clip_skip: int = Field(2, ge=1, le=12, description="Use the text encoder's N-th last layer: 2 for anime models (NovelAI lineage), 1 for SD1.5 photo models; SDXL ignores it (kohya: always the penultimate layer).")
     max_token_length: Literal[75, 150, 225] = Field(225, description="Longest caption in tokens: 225 fits long tag lists.")
     seed: int = Field(42, ge=0, le=2**32 - 1, description="Random seed, for repeatable runs.")
-    mixed_precision: Literal["auto", "fp16", "bf16", "no"] = Field("auto", description="auto: bf16 where the GPU has it, else fp16; fp32 on a CPU.")
+    mixed_precision: Literal[PRECISIONS] = Field(
+        "auto",
+        description="auto: mixed bf16 where the GPU has it, else mixed fp16; fp16/bf16: mixed (the LoRA in fp32); "
+        "full_fp16/full_bf16: the LoRA and its gradients in 16 bits too, the least memory (the XL notebook's full fp16 fits a T4); "
+        "no: float32. Always float32 on a CPU.",
+    )
     save_precision: Literal["fp16", "bf16", "float"] = Field("fp16", description="Precision of the saved LoRA file: fp16 loads everywhere.")
     noise_offset: float = Field(0.0, ge=0, le=1, description="Helps very dark or bright images (0.03-0.1); 0 = off.")
+    multires_noise_iterations: int = Field(0, ge=0, le=16, description="Multires (pyramid) noise: adds noise at coarser scales, for more contrast; the XL notebook uses 6 (0 = off).")
+    multires_noise_discount: float = Field(0.3, ge=0, le=1, description="How fast the multires noise fades at coarser scales (the XL notebook: 0.3).")
+    ip_noise_gamma: float = Field(0.0, ge=0, le=1, description="Input perturbation noise: a little extra noise on the inputs only, regularizes (0.05-0.1 if on); 0 = off.")
+    cache_text_encoder_outputs: bool = Field(False, description="Encode every caption once and keep the result: saves memory and time, but turns off tag shuffling and text-encoder training.")
     sample_prompts: List[str] = Field(default_factory=list, **allowed("a list of prompts (separated by | on the command line)"), description="Prompts for sample images while training (one per entry).")
     sample_every_n_epochs: int = Field(0, ge=0, le=10_000, description="Make sample images every N epochs (0 = off).")
     # What the notebook set for you
@@ -255,17 +277,93 @@ def save_settings(project: "Project", settings: TrainSettings) -> None:
     project.write_section(SECTION, settings_to_toml(settings))
 
 
-def update_settings(project: "Project", changes: Mapping[str, Any]) -> TrainSettings:
+def update_settings(project: "Project", changes: Mapping[str, Any], notes: "Optional[List[str]]" = None) -> TrainSettings:
     """Change some settings and keep the others as stored, as one step: two saves of different
-    settings at the same time both land."""
+    settings at the same time both land. A new base model of another family brings its defaults
+    (`offer_family_defaults`); what that changed is appended to `notes`."""
     from lora_gradio.engine.project import SETTINGS_LOCK
 
     with SETTINGS_LOCK:
-        data = settings_to_toml(load_settings(project))
-        data.update(changes)
+        old = settings_to_toml(load_settings(project))
+        data = {**old, **changes}
+        changed = offer_family_defaults(old, data, explicit=set(changes))
         settings = validate_settings(data)
         save_settings(project, settings)
+    if notes is not None and changed:
+        notes.append(changed)
     return settings
+
+
+# Model families' defaults -------------------------------------------------------------------------
+
+
+def family_defaults(family_key: str) -> Dict[str, Any]:
+    """The defaults of every setting some family sets its own way, for `family_key`."""
+    from lora_gradio.engine.train.family import FAMILIES, family_named
+
+    keys = {key for family in FAMILIES.values() for key in family.defaults}
+    base = to_dict(TrainSettings())
+    chosen = family_named(family_key).defaults
+    return {key: chosen.get(key, base[key]) for key in sorted(keys)}
+
+
+def model_family(spec: str) -> Optional[str]:
+    """"sd"/"sdxl" of a training_model from cheap reads, None when it cannot be told yet (or is broken:
+    loading says why)."""
+    return _model_facts(spec)[0]
+
+
+def _model_facts(spec: str) -> tuple:
+    """(family or None, predicts v) of a training_model, from cheap reads only."""
+    from lora_gradio.engine.train.models import describe_model
+
+    try:
+        info = describe_model(spec)
+    except (UserError, OSError, ValueError, MemoryError):
+        return None, False
+    return info.family, info.v_pred
+
+
+def offer_family_defaults(old: Dict[str, Any], new: Dict[str, Any], explicit: Iterable[str] = ()) -> str:
+    """When `new` moves training_model to another family (SD 1.5 -> SDXL or back), each setting that
+    still has the old family's default takes the new family's; values the person chose, and keys in
+    `explicit` (set in the same change), are kept. v_pred follows what the new model says of itself
+    (the noobai_vpred preset, a file's v_pred key) unless set in the same change. Changes `new` in
+    place; returns a sentence saying what changed ('' when nothing did)."""
+    if old.get("training_model") == new.get("training_model"):
+        return ""
+    (before, before_v), (after, after_v) = _model_facts(str(old.get("training_model", ""))), _model_facts(str(new.get("training_model", "")))
+    explicit = set(explicit)
+    taken, kept = [], []
+    if "v_pred" not in explicit and after is not None and new.get("v_pred") != after_v and (after_v or before_v):
+        new["v_pred"] = after_v
+        taken.append(f"v_pred {_show_default(after_v)}")
+    if before is not None and after is not None and before != after:
+        old_defaults, new_defaults = family_defaults(before), family_defaults(after)
+        for key, value in new_defaults.items():
+            if key in explicit:
+                continue
+            if _same(new.get(key), old_defaults[key]):
+                if not _same(new.get(key), value):
+                    new[key] = value
+                    taken.append(f"{key} {_show_default(value)}")
+            elif not _same(new.get(key), value):
+                kept.append(key)
+    if not taken:
+        return ""
+    from lora_gradio.engine.train.family import family_named
+
+    label = family_named(after).label if after else "The new"
+    text = f"{label} base: took its defaults for {', '.join(taken)}."
+    if kept:
+        text += f" Kept your values for {', '.join(kept)}."
+    return text
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) and not isinstance(b, bool):
+        return math.isclose(float(a), float(b), rel_tol=1e-9)
+    return a == b
 
 
 def settings_to_toml(settings: TrainSettings) -> Dict[str, Any]:
@@ -292,14 +390,18 @@ def resolved_output_name(settings: TrainSettings, project: "Project") -> str:
 # --set key=value ---------------------------------------------------------------------------------
 
 
-def apply_overrides(settings: TrainSettings, overrides: Iterable[str]) -> TrainSettings:
+def apply_overrides(settings: TrainSettings, overrides: Iterable[str], notes: "Optional[List[str]]" = None) -> TrainSettings:
     """Apply the CLI's ``--set key=value`` strings and return new, validated settings.
 
     Values are read by the setting's type: numbers, true/false (yes/no/on/off/1/0), lists as JSON or
     comma-separated (``sample_prompts`` split on ``|``, as prompts hold commas), ``custom_dataset`` as JSON.
+    A training_model of another family brings that family's defaults (see `offer_family_defaults`);
+    the sentence saying so goes to `notes`.
     """
     data = to_dict(settings)
+    old = dict(data)
     specs = settings_fields()
+    explicit = set()
     for item in overrides:
         key, sep, raw = item.partition("=")
         key = key.strip()
@@ -308,6 +410,12 @@ def apply_overrides(settings: TrainSettings, overrides: Iterable[str]) -> TrainS
         if key not in specs:
             raise UserError(_unknown_key_message(key, "--set"))
         data[key] = _parse_value(key, specs[key], raw.strip())
+        explicit.add(key)
+    if notes is None:
+        notes = []
+    changed = offer_family_defaults(old, data, explicit)
+    if changed:
+        notes.append(changed)
     return validate_settings(data, where="--set: ")
 
 

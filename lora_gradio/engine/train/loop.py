@@ -51,7 +51,8 @@ class TrainResult:
 # Settings ----------------------------------------------------------------------------------------
 
 
-def prepare_settings(project: Project, config_file: "str | None" = None, overrides: "list[str] | None" = None, resume: bool = False) -> cfg.TrainSettings:
+def prepare_settings(project: Project, config_file: "str | None" = None, overrides: "list[str] | None" = None, resume: bool = False,
+                     notes: "list[str] | None" = None) -> cfg.TrainSettings:
     """The project's settings, overlaid with a settings file and `--set`s, validated.
 
     Nothing is saved here: `train_project` saves them once the run passed its checks.
@@ -68,7 +69,7 @@ def prepare_settings(project: Project, config_file: "str | None" = None, overrid
     if config_file:
         settings = _merge_file(settings, Path(config_file), project)
     if overrides:
-        settings = cfg.apply_overrides(settings, overrides)
+        settings = cfg.apply_overrides(settings, overrides, notes)
     return settings
 
 
@@ -162,16 +163,28 @@ def _save_state(project: Project, settings: cfg.TrainSettings, network: Any, opt
     atomic_write_text(folder / "state.json", json.dumps(info, indent=1))
 
 
-def _set_aside_previous_run(project: Project, output_name: str, progress: Progress) -> None:
-    """A new run would overwrite the last run's epoch files and its resumable state: trash them instead."""
+def _set_aside_previous_run(project: Project, settings: cfg.TrainSettings, output_name: str, progress: Progress) -> cfg.TrainSettings:
+    """A new run would overwrite the last run's epoch files and its resumable state: trash them instead.
+
+    Continuing from one of those epochs is common (continue_from_lora = NAME-10.safetensors): the run
+    then reads it from the trash, where it stays restorable. Returns the settings to run with."""
     from lora_gradio.engine.train.saving import epoch_files
     from lora_gradio.engine.trash import move_to_trash
 
     old = [path for _, path in epoch_files(project.output_dir, output_name)]
     old += [p for p in (state_dir(project) / "state.pt", state_dir(project) / "state.json") if p.exists()]
-    if old:
-        batch = move_to_trash(project, old, f"previous run of {output_name}", with_sidecars=False)
-        progress.log(f"moved the previous run's {len(old)} file(s) to the trash (batch {batch.id}); `dataset restore {project.base} {batch.id}` brings them back")
+    if not old:
+        return settings
+    batch = move_to_trash(project, old, f"previous run of {output_name}", with_sidecars=False)
+    progress.log(f"moved the previous run's {len(old)} file(s) to the trash (batch {batch.id}); `dataset restore {project.base} {batch.id}` brings them back")
+    if settings.continue_from_lora:
+        source = Path(settings.continue_from_lora).expanduser().resolve()
+        for item in batch.items:
+            if (project.root / item.original).resolve() == source:
+                moved = batch.folder / item.stored
+                progress.log(f"continuing from {source.name}, read from the trash ({moved})")
+                return cfg.validate_settings({**cfg.settings_to_toml(settings), "continue_from_lora": str(moved)})
+    return settings
 
 
 def _clear_state(project: Project) -> None:
@@ -184,8 +197,14 @@ def _clear_state(project: Project) -> None:
 
 def train_project(project: Project, resume: bool = False, dry_run: bool = False, progress: "Progress | None" = None, config_file: "str | None" = None, overrides: "list[str] | None" = None) -> TrainResult:
     progress = progress or Progress()
-    settings = prepare_settings(project, config_file, overrides, resume)
+    notes: list[str] = []
+    settings = prepare_settings(project, config_file, overrides, resume, notes)
     from lora_gradio.engine.train.data import collect_items
+    from lora_gradio.engine.train.preflight import check_model_settings
+
+    notes += check_model_settings(settings)  # before anything is read, moved or loaded
+    for note in notes:
+        progress.log(note)
 
     output_name = cfg.resolved_output_name(settings, project)
     dataset = collect_items(
@@ -207,7 +226,7 @@ def train_project(project: Project, resume: bool = False, dry_run: bool = False,
     if (config_file or overrides) and not resume:
         cfg.save_settings(project, settings)  # what this run used is what the project now holds
     if not resume:
-        _set_aside_previous_run(project, output_name, progress)
+        settings = _set_aside_previous_run(project, settings, output_name, progress)
     return _run(project, settings, dataset, plan, output_name, resume, progress)
 
 
@@ -217,14 +236,27 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def _mixed_precision(settings: cfg.TrainSettings, on_cuda: bool) -> str:
+def _mixed_precision(settings: cfg.TrainSettings, on_cuda: bool) -> tuple[str, bool]:
+    """(Accelerate's mixed precision, whether the LoRA itself is in 16 bits too: the notebook's "full")."""
     if not on_cuda:
-        return "no"  # fp32 on the CPU: half precision there is slow and inexact
-    if settings.mixed_precision != "auto":
-        return settings.mixed_precision
+        return "no", False  # fp32 on the CPU: half precision there is slow and inexact
+    choice = settings.mixed_precision
+    full = choice.startswith("full_")
+    if choice != "auto":
+        return choice.replace("full_", ""), full
     import torch
 
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return ("bf16" if torch.cuda.is_bf16_supported() else "fp16"), False
+
+
+def _allow_fp16_gradients(accelerator: Any) -> None:
+    """Full fp16 keeps the LoRA's gradients in fp16, which torch's GradScaler refuses to unscale by
+    default; unscaling them in place is what "full fp16" training means (kohya patches it the same way)."""
+    scaler = getattr(accelerator, "scaler", None)
+    if scaler is None:
+        return
+    unscale = scaler._unscale_grads_
+    scaler._unscale_grads_ = lambda optimizer, inv_scale, found_inf, allow_fp16: unscale(optimizer, inv_scale, found_inf, True)
 
 
 def _run(project: Project, settings: cfg.TrainSettings, dataset: Any, plan: StepPlan, output_name: str, resume: bool, progress: Progress) -> TrainResult:
@@ -242,8 +274,10 @@ def _run(project: Project, settings: cfg.TrainSettings, dataset: Any, plan: Step
 
     quiet_ml_libraries()
     on_cuda = torch.cuda.is_available()
-    precision = _mixed_precision(settings, on_cuda)
+    precision, full_half = _mixed_precision(settings, on_cuda)
     accelerator = Accelerator(mixed_precision=precision, cpu=not on_cuda)
+    if full_half and precision == "fp16":
+        _allow_fp16_gradients(accelerator)
     device = accelerator.device
     if on_cuda and accelerator.is_main_process:
         _log_memory_plan(settings, progress)
@@ -253,8 +287,13 @@ def _run(project: Project, settings: cfg.TrainSettings, dataset: Any, plan: Step
 
     progress.update(0, plan.total_steps, "loading the base model")
     source = resolve_source(settings.training_model, project.root / "_models", progress)
-    model = load_base_model(source)
-    for part in (model.unet, model.vae, model.text_encoder):
+    model = load_base_model(source, v_pred=settings.v_pred, zero_terminal_snr=settings.zero_terminal_snr)
+    from lora_gradio.engine.train.preflight import check_loaded_model
+
+    check_loaded_model(settings, model)  # a link or repo id: its family is known only now
+    for note in model.notes:
+        progress.log(note)
+    for part in (model.unet, model.vae, *model.text_encoders):
         part.requires_grad_(False)
         part.eval()
 
@@ -273,28 +312,37 @@ def _run(project: Project, settings: cfg.TrainSettings, dataset: Any, plan: Step
     if not main:
         progress = _SilentButCancellable(progress)  # one process reports; all of them stop
 
-    train_te = settings.text_encoder_lr > 0
-    network = create_network(model.unet, model.text_encoder, settings.lora_type, settings.network_dim, settings.network_alpha, settings.conv_dim, settings.conv_alpha, train_text_encoder=train_te)
+    text_cache = None
+    if settings.cache_text_encoder_outputs:
+        from lora_gradio.engine.train.text_cache import TextEncoderCache
+
+        text_cache = TextEncoderCache(model, settings, device)
+        text_cache.cache(dataset, progress)
+    train_te = settings.text_encoder_lr > 0 and text_cache is None
+    family = model.family
+    network = create_network(model.unet, family.network_text_encoders(model), settings.lora_type, settings.network_dim, settings.network_alpha,
+                             settings.conv_dim, settings.conv_alpha, train_text_encoder=train_te, unet_name=family.lora_unet_name(model))
     if settings.continue_from_lora:
         from safetensors.torch import load_file
 
         from lora_gradio.engine.train.saving import read_lora_metadata
 
         lora_path = Path(settings.continue_from_lora).expanduser()
-        if not lora_path.is_file():
-            raise UserError(f"continue_from_lora: {lora_path} does not exist.")
         network.load_kohya_state_dict(load_file(str(lora_path)), read_lora_metadata(lora_path))
         progress.log(f"continuing from {lora_path.name}")
     network.apply_to()
     model.unet.to(device, dtype=weight_dtype)
-    model.text_encoder.to(device, dtype=weight_dtype)
-    network.to(device, dtype=torch.float32)
+    if text_cache is None:
+        for encoder in model.text_encoders:
+            encoder.to(device, dtype=weight_dtype)
+    network.to(device, dtype=weight_dtype if full_half else torch.float32)
     if settings.gradient_checkpointing:
         model.unet.enable_gradient_checkpointing()
         model.unet.train()
         if train_te:
-            model.text_encoder.gradient_checkpointing_enable()
-            model.text_encoder.train()
+            for encoder in model.text_encoders:
+                encoder.gradient_checkpointing_enable()
+                encoder.train()
 
     optimizer, optimizer_name = build_optimizer(settings.optimizer, network.param_groups(settings.unet_lr, settings.text_encoder_lr if train_te else None), settings.optimizer_args, on_cuda, progress)
     # Accelerate steps a prepared scheduler once per process for each optimizer step, so count all of them.
@@ -317,9 +365,10 @@ def _run(project: Project, settings: cfg.TrainSettings, dataset: Any, plan: Step
     gamma = cfg.resolved_min_snr_gamma(settings)
     scheduler_cfg = model.noise_scheduler
     alphas_cumprod = scheduler_cfg.alphas_cumprod.to(device)
-    metadata_base = _metadata_fields(settings, project, dataset, source, model, raw_network, optimizer_name, steps_per_epoch, plan.epochs, total_steps, started_at, gamma, precision)
+    metadata_base = _metadata_fields(settings, project, dataset, source, model, raw_network, optimizer_name, steps_per_epoch, plan.epochs, total_steps, started_at, gamma, precision, full_half)
     result = TrainResult(output_name, total_epochs=plan.epochs)
     rng = random.Random(settings.seed)
+    shuffle = settings.shuffle_tags and text_cache is None  # cached captions are encoded as written
     window: list[float] = []
     tick = time.monotonic()
     progress.log(f"training {plan.epochs} epochs x {steps_per_epoch} steps on {device} ({precision}); {raw_network.describe()}")
@@ -331,7 +380,7 @@ def _run(project: Project, settings: cfg.TrainSettings, dataset: Any, plan: Step
         for index, batch in enumerate(batches):
             if epoch == first_epoch and index < skip_batches:
                 for item, _ in batch:  # replay the caption shuffles so a resumed run matches an uninterrupted one
-                    process_caption(item.caption_text, item.keep_tokens, settings.shuffle_tags, rng)
+                    process_caption(item.caption_text, item.keep_tokens, shuffle, rng)
                 continue
             try:
                 progress.check_cancel()
@@ -340,9 +389,11 @@ def _run(project: Project, settings: cfg.TrainSettings, dataset: Any, plan: Step
                     _save_state(project, settings, raw_network, optimizer, lr_scheduler, epoch, index, global_step, started_at)
                 progress.log(f"stopped at epoch {epoch + 1}, step {global_step}: `train {project.base} --resume` continues from here")
                 raise
-            captions = [process_caption(item.caption_text, item.keep_tokens, settings.shuffle_tags, rng) for item, _ in batch]
+            captions = [process_caption(item.caption_text, item.keep_tokens, shuffle, rng) for item, _ in batch]
             is_reg = [item.is_reg for item, _ in batch]
-            loss = training_step(accelerator, model, network, cache.batch(batch), captions, is_reg, settings, gamma, alphas_cumprod, weight_dtype, train_te)
+            conditioning = text_cache.batch(captions) if text_cache is not None else None
+            loss = training_step(accelerator, model, network, cache.batch(batch), captions, is_reg, settings, gamma, alphas_cumprod, weight_dtype, train_te,
+                                 size_ids=family.size_ids(batch), conditioning=conditioning)
             if not math.isfinite(loss):
                 raise UserError(
                     f"The loss became {loss} at step {global_step + 1}: the run diverged. Lower unet_lr (e.g. 1e-4) and text_encoder_lr, "
@@ -385,7 +436,7 @@ def _run(project: Project, settings: cfg.TrainSettings, dataset: Any, plan: Step
     if main:
         _clear_state(project)
         if on_cuda:
-            _log_peak_memory(settings, model.version, device, progress)
+            _log_peak_memory(settings, model.family.memory_version, device, progress)
     return result
 
 
@@ -437,40 +488,41 @@ class _SilentButCancellable(Progress):
         return self.inner.cancelled()
 
 
-def training_step(accelerator, model, network, latents, captions, is_reg, settings, gamma, alphas_cumprod, weight_dtype, train_te) -> float:
+def training_step(accelerator, model, network, latents, captions, is_reg, settings, gamma, alphas_cumprod, weight_dtype, train_te,
+                  size_ids=None, conditioning=None) -> float:
     """One optimisation step's forward and backward on cached latents; returns the loss.
 
-    Noise (plus noise_offset), uniform timesteps, epsilon or v target, per-sample MSE,
-    prior-loss weight for regularization images, min-SNR weighting, then the batch mean.
-    The benchmark calls this same function.
+    Noise (plus noise_offset and multires noise), uniform timesteps, input perturbation (ip_noise_gamma),
+    the family's conditioning (SDXL: pooled text and size ids), epsilon or v target, per-sample MSE,
+    prior-loss weight for regularization images, min-SNR and v-pred loss scaling, then the batch mean.
+    `conditioning` is the text encoders' cached output, when they are not run. The benchmark calls this too.
     """
     import contextlib
 
     import torch
     import torch.nn.functional as F
 
-    from lora_gradio.engine.train.prompts import encode_prompts
-    from lora_gradio.engine.train.weighting import encode_weighted_prompts
+    from lora_gradio.engine.train.noise import loss_weights, training_noise
 
-    encode = encode_weighted_prompts if settings.weighted_captions else encode_prompts
     device = accelerator.device
     latents = latents.to(device, dtype=weight_dtype)
     with accelerator.autocast():
-        with contextlib.nullcontext() if train_te else torch.no_grad():
-            hidden = encode(model.tokenizer, model.text_encoder, captions, settings.max_token_length, settings.clip_skip, device=device)
-        noise = torch.randn_like(latents)
-        if settings.noise_offset:
-            noise = noise + settings.noise_offset * torch.randn(latents.shape[0], latents.shape[1], 1, 1, device=device, dtype=latents.dtype)
+        if conditioning is None:
+            with contextlib.nullcontext() if train_te else torch.no_grad():
+                conditioning = model.family.encode(model, captions, settings.max_token_length, settings.clip_skip, device, settings.weighted_captions)
+        conditioning = conditioning.to(device, weight_dtype)
+        noise = training_noise(latents, settings.noise_offset, settings.multires_noise_iterations, settings.multires_noise_discount)
         timesteps = torch.randint(0, model.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=device).long()
-        noisy = model.noise_scheduler.add_noise(latents, noise, timesteps)
-        prediction = model.unet(noisy, timesteps, hidden.to(weight_dtype)).sample
+        model_input = noise + settings.ip_noise_gamma * torch.randn_like(latents) if settings.ip_noise_gamma else noise
+        noisy = model.noise_scheduler.add_noise(latents, model_input, timesteps)
+        extra = model.family.unet_kwargs(conditioning, size_ids)
+        prediction = model.unet(noisy, timesteps, conditioning.hidden, **extra).sample
     target = model.noise_scheduler.get_velocity(latents, noise, timesteps) if model.v_parameterization else noise
     loss = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=[1, 2, 3])
     loss = loss * torch.tensor([settings.prior_loss_weight if reg else 1.0 for reg in is_reg], device=device)
-    if gamma:
-        snr = alphas_cumprod[timesteps] / (1 - alphas_cumprod[timesteps])
-        clipped = torch.clamp(snr, max=gamma)
-        loss = loss * (clipped / (snr + 1) if model.v_parameterization else clipped / snr)
+    weights = loss_weights(alphas_cumprod, timesteps, model.v_parameterization, gamma, settings.scale_v_pred_loss)
+    if weights is not None:
+        loss = loss * weights
     loss = loss.mean()
     accelerator.backward(loss)
     if accelerator.sync_gradients:
@@ -509,7 +561,7 @@ def _samples(model, network, settings, project, output_name, epoch, total_epochs
         model.vae.to("cpu")
 
 
-def _metadata_fields(settings, project, dataset, source, model, network, optimizer_name, steps_per_epoch, epochs, total_steps, started_at, gamma, precision) -> dict:
+def _metadata_fields(settings, project, dataset, source, model, network, optimizer_name, steps_per_epoch, epochs, total_steps, started_at, gamma, precision, full_half=False) -> dict:
     """kohya's ss_* fields for this run (the per-epoch ones are added when saving)."""
     model_hash = new_hash = None
     if source.kind == "file":
@@ -526,11 +578,16 @@ def _metadata_fields(settings, project, dataset, source, model, network, optimiz
         gradient_checkpointing=settings.gradient_checkpointing, cache_latents=settings.cache_latents,
         network_module=network.network_module, network_dim=settings.network_dim, network_alpha=settings.network_alpha,
         network_dropout=None, network_args=network.network_args(),
-        base_model_version=model.version, clip_skip=settings.clip_skip, max_token_length=settings.max_token_length,
+        base_model_version=model.base_model_version, v_parameterization=model.v_parameterization,
+        zero_terminal_snr=model.zero_terminal_snr, clip_skip=settings.clip_skip if model.family.uses_clip_skip else None,
+        max_token_length=settings.max_token_length,
         sd_model_name=source.name, sd_model_hash=model_hash, new_sd_model_hash=new_hash,
-        mixed_precision=precision, noise_offset=settings.noise_offset or None, min_snr_gamma=gamma,
+        mixed_precision=precision, full_fp16=full_half and precision == "fp16", noise_offset=settings.noise_offset or None, min_snr_gamma=gamma,
+        multires_noise_iterations=settings.multires_noise_iterations or None,
+        multires_noise_discount=settings.multires_noise_discount if settings.multires_noise_iterations else None,
+        ip_noise_gamma=settings.ip_noise_gamma or None,
         prior_loss_weight=settings.prior_loss_weight, weighted_captions=settings.weighted_captions,
-        resolution=settings.resolution, flip_aug=settings.flip_aug, shuffle_caption=settings.shuffle_tags,
+        resolution=settings.resolution, flip_aug=settings.flip_aug, shuffle_caption=settings.shuffle_tags and not settings.cache_text_encoder_outputs,
         keep_tokens=settings.activation_tags, enable_bucket=True, min_bucket_reso=settings.min_bucket_reso,
         max_bucket_reso=settings.max_bucket_reso, bucket_no_upscale=False, bucket_reso_steps=settings.bucket_reso_steps,
         batch_size_per_device=settings.train_batch_size, bucket_info=dataset.bucket_info(),

@@ -1,20 +1,24 @@
-"""Base models: find, download and load the Stable Diffusion that a LoRA is trained on.
+"""Base models: find, download and load the Stable Diffusion (1.x, 2.x or SDXL) that a LoRA is trained on.
 
-`training_model` may be one of the notebook's presets (anime, anylora, sd15), a single-file
-checkpoint (.safetensors, or .ckpt read with weights_only=True), a diffusers folder, a
-Hugging Face repo id, or a URL (Hugging Face `blob` links become `resolve` links; civitai
-model pages and download links with an optional token). Single files are converted with the
-diffusers configs this package ships, so nothing but the tokenizer needs the hub.
+`training_model` may be one of the notebooks' presets (SD 1.5: anime, anylora, sd15; SDXL: illustrious,
+noobai_eps, noobai_vpred, pony, animagine, sdxl), a single-file checkpoint (.safetensors, or .ckpt read
+with weights_only=True), a diffusers folder, a Hugging Face repo id, or a URL (Hugging Face `blob` links
+become `resolve` links; civitai model pages and download links with an optional token). Single files are
+converted with the diffusers configs this package ships, so nothing but the tokenizers needs the hub.
+The family (SD 1.x/2.x or SDXL) and v-prediction are read from the file or folder itself
+(`inspect_checkpoint`, `describe_model`); a file that is neither is refused with the reason.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
 import struct
 import zipfile
 from dataclasses import dataclass
+from dataclasses import field as dc_field
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
@@ -31,16 +35,29 @@ MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 class Preset:
     label: str  # the notebook's wording
     url: str
+    family: str = "sd"
+    v_pred: bool = False
 
 
-# The guide's three choices, with the links its notebook used.
+# The SD 1.5 guide's three choices and the XL notebook's six, with the links the notebooks used.
 PRESETS = {
     "anime": Preset("Anime (animefull-final-pruned-fp16.safetensors)", "https://huggingface.co/hollowstrawberry/stable-diffusion-guide/resolve/main/models/animefull-final-pruned-fp16.safetensors"),
     "anylora": Preset("AnyLora (AnyLoRA_noVae_fp16-pruned.safetensors)", "https://huggingface.co/Lykon/AnyLoRA/resolve/main/AnyLoRA_noVae_fp16-pruned.safetensors"),
     "sd15": Preset("Stable Diffusion (sd-v1-5-pruned-noema-fp16.safetensors)", "https://huggingface.co/hollowstrawberry/stable-diffusion-guide/resolve/main/models/sd-v1-5-pruned-noema-fp16.safetensors"),
+    "illustrious": Preset("Illustrious XL 0.1", "https://huggingface.co/OnomaAIResearch/Illustrious-xl-early-release-v0/resolve/main/Illustrious-XL-v0.1.safetensors", "sdxl"),
+    "noobai_eps": Preset("NoobAI Eps 1.1", "https://huggingface.co/Laxhar/noobai-XL-1.1/resolve/main/NoobAI-XL-v1.1.safetensors", "sdxl"),
+    "noobai_vpred": Preset("NoobAI V-Pred 1.0", "https://huggingface.co/Laxhar/noobai-XL-Vpred-1.0/resolve/main/NoobAI-XL-Vpred-v1.0.safetensors", "sdxl", v_pred=True),
+    "pony": Preset("Pony Diffusion V6 XL", "https://civitai.com/api/download/models/290640", "sdxl"),
+    "animagine": Preset("Animagine XL V3", "https://civitai.com/api/download/models/293564", "sdxl"),
+    "sdxl": Preset("Stable Diffusion XL 1.0 base", "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/sd_xl_base_1.0.safetensors", "sdxl"),
 }
-# Where the tokenizer of each family lives on the hub (single files do not contain one).
-TOKENIZER_REPOS = {"sd_v1": "openai/clip-vit-large-patch14", "sd_v2": "stabilityai/stable-diffusion-2-1"}
+DEFAULT_SDXL_PRESET = "illustrious"
+# Where the tokenizers of each family live on the hub (single files do not contain them): (repo, subfolder).
+TOKENIZER_REPOS = {
+    "sd_v1": [("openai/clip-vit-large-patch14", None)],
+    "sd_v2": [("stabilityai/stable-diffusion-2-1", "tokenizer")],
+    "sdxl": [("stabilityai/stable-diffusion-xl-base-1.0", "tokenizer"), ("stabilityai/stable-diffusion-xl-base-1.0", "tokenizer_2")],
+}
 
 
 @dataclass
@@ -50,6 +67,7 @@ class ModelSource:
     kind: str  # "file" | "diffusers" | "hub"
     location: str  # file path, folder path or repo id
     name: str  # for ss_sd_model_name
+    preset: "Preset | None" = None  # the preset it came from, which says its family and v-prediction
 
     @property
     def path(self) -> Path:
@@ -60,15 +78,38 @@ class ModelSource:
 class BaseModel:
     unet: Any
     vae: Any
-    text_encoder: Any
-    tokenizer: Any
-    noise_scheduler: Any
-    version: str  # sd_v1 | sd_v2 | sd_v2_v
+    text_encoders: list  # SD 1.x/2.x: [CLIP]; SDXL: [CLIP-L, OpenCLIP bigG with projection]
+    tokenizers: list
+    noise_scheduler: Any  # DDPM with the model's prediction type (and zero terminal SNR when asked)
+    version: str  # sd_v1 | sd_v2 | sd_v2_v | sdxl
     source: ModelSource
+    family: Any = None  # family.ModelFamily
+    v_pred: bool = False
+    zero_terminal_snr: bool = False
+    notes: list = dc_field(default_factory=list)  # what was read from the model, for the run's log
+
+    def __post_init__(self) -> None:
+        if self.family is None:
+            from lora_gradio.engine.train.family import family_named
+
+            self.family = family_named("sdxl" if self.version == "sdxl" else "sd")
+
+    @property
+    def text_encoder(self) -> Any:
+        return self.text_encoders[0]
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.tokenizers[0]
 
     @property
     def v_parameterization(self) -> bool:
-        return self.version == "sd_v2_v"
+        return self.v_pred
+
+    @property
+    def base_model_version(self) -> str:
+        """kohya's ss_base_model_version."""
+        return self.family.base_model_version(self.version, self.v_pred)
 
 
 # Resolving ---------------------------------------------------------------------------------------
@@ -105,30 +146,42 @@ def normalize_url(url: str, civitai_token: str = "") -> str:
     return url
 
 
-def resolve_source(spec: str, models_dir: Path, progress: "Progress | None" = None, civitai_token: str = "") -> ModelSource:
-    """Find or download the model named by `spec` (see the module doc); never loads weights."""
+def classify_spec(spec: str) -> tuple[str, str, "Preset | None"]:
+    """(kind, location, preset) of a training_model without downloading or loading anything: kind is
+    "url", "file", "diffusers" or "hub". Anything else is refused with what it could have been."""
     spec = (spec or "").strip().strip('"')
     if not spec:
-        raise UserError("No base model chosen: set training_model to anime, anylora, sd15, a file, a folder, a repo id or a link.")
+        raise UserError(f"No base model chosen: set training_model to a preset ({', '.join(PRESETS)}), a file, a folder, a repo id or a link.")
     preset = preset_for(spec)
     if preset is not None:
         spec = preset.url
     if re.match(r"^https?://", spec):
-        url = normalize_url(spec, civitai_token or os.environ.get("CIVITAI_TOKEN", ""))
-        path = download_model(url, models_dir, progress)
-        return ModelSource("file", str(path), path.name)
+        return "url", spec, preset
     local = Path(spec).expanduser()
     if local.is_file():
         if local.suffix.lower() not in MODEL_EXTENSIONS:
             raise UserError(f"{local} is not a model file: use a .safetensors or .ckpt checkpoint, or a diffusers folder.")
-        return ModelSource("file", str(local.resolve()), local.name)
+        return "file", str(local.resolve()), None
     if local.is_dir():
         if (local / "model_index.json").is_file() or (local / "unet").is_dir():
-            return ModelSource("diffusers", str(local.resolve()), local.name)
+            return "diffusers", str(local.resolve()), None
         raise UserError(f"{local} is a folder but not a diffusers model (no model_index.json or unet/): point at the .safetensors file or the model folder itself.")
     if re.match(r"^[\w.-]+/[\w.-]+$", spec) and not spec.endswith(MODEL_EXTENSIONS):
-        return ModelSource("hub", spec, spec)
-    raise UserError(f"Cannot find the base model {spec!r}: it is not a preset (anime, anylora, sd15), an existing file or folder, a Hugging Face repo id or a link.")
+        return "hub", spec, None
+    names = list(PRESETS) + [p.label.split(" (")[0] for p in PRESETS.values()]
+    close = difflib.get_close_matches(spec.lower(), [n.lower() for n in names], n=1, cutoff=0.6)
+    hint = f" Did you mean {next(n for n in names if n.lower() == close[0])!r}?" if close else ""
+    raise UserError(f"Cannot find the base model {spec!r}: it is not a preset ({', '.join(PRESETS)}), an existing file or folder, a Hugging Face repo id or a link.{hint}")
+
+
+def resolve_source(spec: str, models_dir: Path, progress: "Progress | None" = None, civitai_token: str = "") -> ModelSource:
+    """Find or download the model named by `spec` (see the module doc); never loads weights."""
+    kind, location, preset = classify_spec(spec)
+    if kind == "url":
+        url = normalize_url(location, civitai_token or os.environ.get("CIVITAI_TOKEN", ""))
+        path = download_model(url, models_dir, progress)
+        return ModelSource("file", str(path), path.name, preset)
+    return ModelSource(kind, location, Path(location).name if kind != "hub" else location)
 
 
 # Downloading -------------------------------------------------------------------------------------
@@ -236,28 +289,111 @@ def check_model_file(path: Path, shown_name: str = "") -> None:
         raise UserError(f"{name} is not a PyTorch checkpoint or safetensors file: check that the link points at a model.")
 
 
-# Loading -----------------------------------------------------------------------------------------
+# Recognising ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What a checkpoint's tensor names (and a few shapes) say about it."""
+
+    family: str  # "sd" | "sdxl"
+    version: str  # sd_v1 | sd_v2 | sd_v2_v | sdxl
+    v_pred: bool  # the file says so (SD2-768, or a `v_pred` key as Forge reads it)
+    how: str  # for messages and the log
+
+
+def inspect_checkpoint(path: Path) -> CheckpointInfo:
+    """The family and prediction type of a single-file checkpoint, from its header alone.
+
+    Refused with the reason: a LoRA or VAE, an inpainting model (9 input channels), SDXL's refiner.
+    """
+    shapes = _checkpoint_shapes(path)
+    keys = shapes.keys()
+    if not any(k.startswith("model.diffusion_model.") for k in keys):
+        raise UserError(f"{path.name} is not a Stable Diffusion checkpoint in the original layout (no model.diffusion_model weights): is it a LoRA or a VAE?")
+    first_conv = shapes.get("model.diffusion_model.input_blocks.0.0.weight")
+    if first_conv and len(first_conv) == 4 and first_conv[1] != 4:
+        raise UserError(f"{path.name} is an inpainting (or other special) model with {first_conv[1]} input channels: train on the normal version of this model; a LoRA trained on it works on the inpainting one too.")
+    v_pred_key = "v_pred" in keys
+    if any(k.startswith("conditioner.embedders.1.") for k in keys):
+        return CheckpointInfo("sdxl", "sdxl", v_pred_key, f"{path.name} is an SDXL model" + (" (v-prediction: it has a v_pred key)" if v_pred_key else ""))
+    if any(k.startswith("conditioner.embedders.0.model.") for k in keys):
+        raise UserError(f"{path.name} is SDXL's refiner, which LoRAs are not trained on: use an SDXL base model such as the illustrious preset.")
+    if any(k.startswith("conditioner.") for k in keys):
+        raise UserError(f"{path.name} has SDXL-style text encoders but not both of SDXL's: it is not a model this tool can train on.")
+    if any(k.startswith("cond_stage_model.model.transformer") for k in keys):
+        # SD 2.x: the 768 px models predict v, the 512 px "base" ones predict noise.
+        v2_v = not ("base" in path.name.lower() or "512" in path.name) or v_pred_key
+        return CheckpointInfo("sd", "sd_v2_v" if v2_v else "sd_v2", v2_v, f"{path.name} is an SD 2.x model")
+    return CheckpointInfo("sd", "sd_v1", v_pred_key, f"{path.name} is an SD 1.x model")
 
 
 def detect_version(path: Path) -> str:
-    """sd_v1 / sd_v2 / sd_v2_v from a single file's tensor names (SDXL is refused for now)."""
-    keys = _checkpoint_keys(path)
-    if any(k.startswith("conditioner.embedders") for k in keys):
-        raise UserError(f"{path.name} is an SDXL model: training SDXL LoRAs is not supported yet; use an SD 1.5 model (e.g. the anime or sd15 preset).")
-    if any(k.startswith("cond_stage_model.model.transformer") for k in keys):
-        # SD 2.x: the 768 px models predict v, the 512 px "base" ones predict noise.
-        return "sd_v2" if "base" in path.name.lower() or "512" in path.name else "sd_v2_v"
-    if not any(k.startswith("model.diffusion_model.") for k in keys):
-        raise UserError(f"{path.name} is not a Stable Diffusion checkpoint in the original layout (no model.diffusion_model weights): is it a LoRA or a VAE?")
-    return "sd_v1"
+    """sd_v1 / sd_v2 / sd_v2_v / sdxl from a single file's tensor names."""
+    return inspect_checkpoint(path).version
 
 
-def _checkpoint_keys(path: Path) -> list[str]:
+def _checkpoint_shapes(path: Path) -> dict[str, list]:
     if path.suffix.lower() == ".safetensors":
         with open(path, "rb") as f:
             (n,) = struct.unpack("<Q", f.read(8))
-            return [k for k in json.loads(f.read(n)) if k != "__metadata__"]
-    return list(load_ckpt_state_dict(path).keys())
+            header = json.loads(f.read(n))
+        return {k: v.get("shape", []) for k, v in header.items() if k != "__metadata__"}
+    return {k: list(getattr(v, "shape", [])) for k, v in load_ckpt_state_dict(path).items()}
+
+
+def diffusers_family(folder: Path) -> str:
+    """"sdxl" or "sd" from a diffusers folder's model_index.json (or its unet/text_encoder_2 folders)."""
+    index = folder / "model_index.json"
+    if index.is_file():
+        try:
+            name = str(json.loads(index.read_text(encoding="utf-8")).get("_class_name", ""))
+        except (OSError, ValueError):
+            name = ""
+        if "Refiner" in name or "Img2Img" in name or "Inpaint" in name:
+            raise UserError(f"{folder} is a {name} model, which LoRAs are not trained on: use a base (text-to-image) model.")
+        if name.startswith("StableDiffusionXL"):
+            return "sdxl"
+        if name:
+            return "sd"
+    return "sdxl" if (folder / "text_encoder_2").is_dir() else "sd"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What can be known about a `training_model` before it is downloaded or loaded."""
+
+    family: "str | None"  # None: unknown until downloaded (a link or repo id that is no preset)
+    v_pred: bool
+    how: str
+
+
+def describe_model(spec: str) -> ModelInfo:
+    """The family and v-prediction of a `training_model`, from cheap reads only (a preset, a file's
+    header, a folder's model_index.json); never downloads or loads weights."""
+    spec = (spec or "").strip().strip('"')
+    preset = preset_for(spec)
+    if preset is not None:
+        return ModelInfo(preset.family, preset.v_pred, f"the {preset.label} preset")
+    path = Path(spec).expanduser()
+    if path.is_file() and path.suffix.lower() == ".safetensors":
+        check_model_file(path)  # a broken header must not make us read gigabytes
+        info = inspect_checkpoint(path)
+        return ModelInfo(info.family, info.v_pred, info.how)
+    if path.is_dir():
+        return ModelInfo(diffusers_family(path), _diffusers_v_pred(path), f"read from {path.name}")
+    return ModelInfo(None, False, "unknown until it is downloaded")
+
+
+def _diffusers_v_pred(folder: Path) -> bool:
+    config = folder / "scheduler" / "scheduler_config.json"
+    try:
+        return json.loads(config.read_text(encoding="utf-8")).get("prediction_type") == "v_prediction"
+    except (OSError, ValueError):
+        return False
+
+
+# Loading -----------------------------------------------------------------------------------------
 
 
 def load_ckpt_state_dict(path: Path) -> dict:
@@ -289,57 +425,105 @@ def safetensors_from_ckpt(path: Path) -> Path:
     return target
 
 
-def clip_tokenizer(version: str, config_folder: "Path | None" = None):
-    """The CLIP tokenizer: from a model folder if it has one, else the hub (cache first)."""
+def clip_tokenizers(version: str, config_folder: "Path | None" = None) -> list:
+    """The model's CLIP tokenizer(s) (SDXL has two): from a model folder that has them, else the hub
+    (cache first)."""
     from transformers import CLIPTokenizer
 
-    if config_folder is not None and (config_folder / "tokenizer").is_dir():
-        return CLIPTokenizer.from_pretrained(config_folder / "tokenizer")
-    repo = TOKENIZER_REPOS["sd_v2" if version.startswith("sd_v2") else "sd_v1"]
-    subfolder = "tokenizer" if version.startswith("sd_v2") else None
-    for offline in (True, False):
-        try:
-            return CLIPTokenizer.from_pretrained(repo, subfolder=subfolder, local_files_only=offline)
-        except Exception:
-            continue
-    raise UserError(f"The CLIP tokenizer ({repo}) is neither cached nor downloadable: connect to the internet once, or set HF_HOME to a cache that has it.")
+    subfolders = ["tokenizer", "tokenizer_2"] if version == "sdxl" else ["tokenizer"]
+    if config_folder is not None and all((config_folder / sub).is_dir() for sub in subfolders):
+        return [CLIPTokenizer.from_pretrained(config_folder / sub) for sub in subfolders]
+    found = []
+    for repo, subfolder in TOKENIZER_REPOS["sd_v2" if version.startswith("sd_v2") else version]:
+        for offline in (True, False):
+            try:
+                found.append(CLIPTokenizer.from_pretrained(repo, subfolder=subfolder, local_files_only=offline))
+                break
+            except Exception:
+                continue
+        else:
+            raise UserError(f"The CLIP tokenizer ({repo}) is neither cached nor downloadable: connect to the internet once, or set HF_HOME to a cache that has it.")
+    return found
 
 
-def load_base_model(source: ModelSource, dtype: Any = None, tokenizer: Any = None, config_dir: "Path | None" = None) -> BaseModel:
-    """Load UNet, VAE, text encoder, tokenizer and the DDPM noise scheduler of `source`.
+def clip_tokenizer(version: str, config_folder: "Path | None" = None):
+    """The (first) CLIP tokenizer of `version`."""
+    return clip_tokenizers(version, config_folder)[0]
 
-    A single file is converted with the shipped SD1.x/SD2.x configs, or with `config_dir`
-    (a diffusers-layout folder of configs) for an architecture of its own.
+
+def load_base_model(source: ModelSource, dtype: Any = None, tokenizer: Any = None, config_dir: "Path | None" = None,
+                    v_pred: bool = False, zero_terminal_snr: bool = False) -> BaseModel:
+    """Load UNet, VAE, text encoder(s), tokenizer(s) and the DDPM noise scheduler of `source`.
+
+    The family is read from the model. A single file is converted with the shipped SD1.x/SD2.x/SDXL
+    configs, or with `config_dir` (a diffusers-layout folder of configs) for an architecture of its own.
+    v-prediction is used when the model says so (SD2-768, a `v_pred` key, a v-pred scheduler config,
+    the preset) or `v_pred` asks for it; `zero_terminal_snr` then rescales the noise schedule.
     """
     import torch
-    from diffusers import DDPMScheduler, StableDiffusionPipeline
+    from diffusers import DDPMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 
     dtype = dtype or torch.float32
+    notes: list[str] = []
     try:
         if source.kind == "file":
             path = source.path
             check_model_file(path)
             if path.suffix.lower() != ".safetensors":
                 path = safetensors_from_ckpt(path)
-            version = detect_version(path)
-            config = config_dir or CONFIG_DIR / ("sd15" if version == "sd_v1" else "sd2")
-            pipe = StableDiffusionPipeline.from_single_file(
-                str(path), config=str(config), local_files_only=True, torch_dtype=dtype,
-                tokenizer=tokenizer or clip_tokenizer(version, config_dir), safety_checker=None, feature_extractor=None,
+            info = inspect_checkpoint(path)
+            version, model_v_pred = info.version, info.v_pred
+            notes.append(info.how)
+            pipeline_class = StableDiffusionXLPipeline if info.family == "sdxl" else StableDiffusionPipeline
+            config = config_dir or CONFIG_DIR / {"sd_v1": "sd15", "sdxl": "sdxl"}.get(version, "sd2")
+            tokenizers = [tokenizer] if tokenizer is not None else clip_tokenizers(version, config_dir)
+            extra = {"tokenizer_2": tokenizers[1]} if info.family == "sdxl" else {"safety_checker": None, "feature_extractor": None}
+            pipe = pipeline_class.from_single_file(
+                str(path), config=str(config), local_files_only=True, torch_dtype=dtype, tokenizer=tokenizers[0], **extra,
             )
         else:
             local = source.kind == "diffusers"
-            pipe = StableDiffusionPipeline.from_pretrained(source.location, torch_dtype=dtype, safety_checker=None, feature_extractor=None, local_files_only=local)
-            version = _diffusers_version(pipe)
+            family = diffusers_family(source.path) if local else _hub_family(source.location)
+            if family == "sdxl":
+                pipe = StableDiffusionXLPipeline.from_pretrained(source.location, torch_dtype=dtype, local_files_only=local)
+                version = "sdxl"
+            else:
+                pipe = StableDiffusionPipeline.from_pretrained(source.location, torch_dtype=dtype, safety_checker=None, feature_extractor=None, local_files_only=local)
+                version = _diffusers_version(pipe)
+            model_v_pred = pipe.scheduler.config.get("prediction_type") == "v_prediction" or version == "sd_v2_v"
+            notes.append(f"{source.name} is an {'SDXL' if version == 'sdxl' else 'SD ' + ('2.x' if version.startswith('sd_v2') else '1.x')} model (diffusers layout)")
     except UserError:
         raise
     except OSError as exc:
         raise UserError(f"Cannot load the base model {source.name}: {str(exc).splitlines()[0]}") from None
+    preset_v_pred = bool(source.preset and source.preset.v_pred)
+    use_v_pred = model_v_pred or preset_v_pred or bool(v_pred)
+    if (model_v_pred or preset_v_pred) and not v_pred:
+        notes.append("v-prediction: the model is a v-prediction model, so it is trained as one (v_pred on); "
+                     "training it as a noise-prediction model would give black or washed-out images")
+    ztsnr = use_v_pred and zero_terminal_snr
     scheduler = DDPMScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, clip_sample=False,
-        prediction_type="v_prediction" if version == "sd_v2_v" else "epsilon",
+        prediction_type="v_prediction" if use_v_pred else "epsilon", rescale_betas_zero_snr=ztsnr,
     )
-    return BaseModel(pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, scheduler, version, source)
+    text_encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if version == "sdxl" else [])
+    tokenizers = [pipe.tokenizer] + ([pipe.tokenizer_2] if version == "sdxl" else [])
+    return BaseModel(pipe.unet, pipe.vae, text_encoders, tokenizers, scheduler, version, source, v_pred=use_v_pred,
+                     zero_terminal_snr=ztsnr, notes=notes)
+
+
+def _hub_family(repo: str) -> str:
+    """A hub repo's family from its model_index.json (cached or downloaded, a few hundred bytes)."""
+    from huggingface_hub import hf_hub_download
+
+    for offline in (True, False):
+        try:
+            return diffusers_family(Path(hf_hub_download(repo, "model_index.json", local_files_only=offline)).parent)
+        except UserError:
+            raise
+        except Exception:
+            continue
+    return "sd"  # from_pretrained then says what is wrong with the repo
 
 
 def _diffusers_version(pipe: Any) -> str:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
@@ -73,8 +73,12 @@ def text_encoder_prefix(text_encoder: torch.nn.Module, prefix: str = TE_PREFIX) 
 
 
 def _build_lycoris(root: torch.nn.Module, prefix: str, targets: list[str], algo: str, dim: int, alpha: float,
-                   conv_dim: int, conv_alpha: float, dropout: float, extra: dict[str, Any]):
-    """One LycorisNetwork over `root` with a kohya preset; lycoris' class-level preset state is restored after."""
+                   conv_dim: int, conv_alpha: float, dropout: float, extra: dict[str, Any],
+                   rename: "Callable[[str], str] | None" = None):
+    """One LycorisNetwork over `root` with a kohya preset; lycoris' class-level preset state is restored after.
+
+    `rename(module_path)` gives a module's LoRA name when kohya does not name it from the module path
+    (SDXL's UNet modules carry the original SAI layout's names)."""
     from lycoris import LycorisNetwork
 
     preset = {
@@ -112,6 +116,10 @@ def _build_lycoris(root: torch.nn.Module, prefix: str, targets: list[str], algo:
             lycoris_logger.setLevel(level)
             for attr, value in saved.items():
                 setattr(LycorisNetwork, attr, value)
+    if rename is not None:
+        paths = {id(module): path for path, module in root.named_modules()}
+        for lora in net.loras:
+            lora.lora_name = rename(paths[id(lora.org_module[0])])
     # lycoris registers its modules only in apply_to(); register them now so parameters()/state_dict() and
     # optimizers see them before the network is applied.
     for lora in net.loras:
@@ -127,11 +135,12 @@ class KohyaNetwork(torch.nn.Module):
     `accelerator.prepare` do it) and keep it in float32 while the base models run in fp16/bf16.
     """
 
-    def __init__(self, text_encoder_net, unet_net, *, lora_type: str, algo: str, network_dim: int,
+    def __init__(self, text_encoder_nets, unet_net, *, lora_type: str, algo: str, network_dim: int,
                  network_alpha: float, conv_dim: int, conv_alpha: float, dropout: float, uses_convs: bool,
                  extra: dict[str, Any]):
         super().__init__()
-        self.text_encoder_net = text_encoder_net  # None when the text encoder is not trained
+        # One per text encoder (SDXL has two); empty when the text encoders are not trained.
+        self.text_encoder_nets = torch.nn.ModuleList(text_encoder_nets)
         self.unet_net = unet_net
         self.lora_type = lora_type
         self.algo = algo
@@ -148,7 +157,11 @@ class KohyaNetwork(torch.nn.Module):
     # ----- structure -----
     @property
     def text_encoder_loras(self) -> list:
-        return list(self.text_encoder_net.loras) if self.text_encoder_net is not None else []
+        return [lora for net in self.text_encoder_nets for lora in net.loras]
+
+    @property
+    def _nets(self) -> list:
+        return [*self.text_encoder_nets, self.unet_net]
 
     @property
     def unet_loras(self) -> list:
@@ -184,25 +197,22 @@ class KohyaNetwork(torch.nn.Module):
         """Route the targeted modules' forward through the LoRA modules (idempotent)."""
         if self.applied:
             return
-        for net in (self.text_encoder_net, self.unet_net):
-            if net is not None:
-                net.apply_to()
+        for net in self._nets:
+            net.apply_to()
         self.applied = True
 
     def restore(self) -> None:
         """Undo `apply_to`: the base models' original forwards come back."""
         if not self.applied:
             return
-        for net in (self.text_encoder_net, self.unet_net):
-            if net is not None:
-                net.restore()
+        for net in self._nets:
+            net.restore()
         self.applied = False
 
     def set_multiplier(self, multiplier: float) -> None:
         self.multiplier = float(multiplier)
-        for net in (self.text_encoder_net, self.unet_net):
-            if net is not None:
-                net.set_multiplier(self.multiplier)
+        for net in self._nets:
+            net.set_multiplier(self.multiplier)
 
     # ----- training -----
     def _params(self, loras: Iterable) -> list[torch.nn.Parameter]:
@@ -236,9 +246,7 @@ class KohyaNetwork(torch.nn.Module):
         """`{name.lora_down.weight, name.lora_up.weight, name.alpha, ...}` on the CPU, contiguous, in `dtype`
         (floating tensors only; None keeps float32)."""
         out: dict[str, torch.Tensor] = {}
-        for net in (self.text_encoder_net, self.unet_net):
-            if net is None:
-                continue
+        for net in self._nets:
             for lora in net.loras:
                 for key, value in lora.state_dict().items():
                     tensor = value.detach().to("cpu")
@@ -276,7 +284,7 @@ class KohyaNetwork(torch.nn.Module):
             )
 
         their_unet = {m for m in theirs_by_module if m.startswith(UNET_PREFIX + "_")}
-        their_te = {m for m in theirs_by_module if m.startswith(TE_PREFIX + "_")}
+        their_te = {m for m in theirs_by_module if _is_text_encoder_module(m)}
         other = set(theirs_by_module) - their_unet - their_te
         if other:
             raise refuse(f"unknown module names such as {sorted(other)[0]!r}")
@@ -355,7 +363,7 @@ def describe_kohya_state_dict(sd: dict[str, Any], metadata: dict[str, str] | Non
         kind = "IA3"
     elif any(k.endswith(".dora_scale") for k in keys):
         kind = "DoRA"
-    elif any(("_resnets_" in m or "_downsamplers_" in m or "_upsamplers_" in m) for m in groups):
+    elif any(_is_conv_module(m) for m in groups):
         kind = "LoCon"
     dim = alpha = conv_dim = conv_alpha = None
     for module, tensors in sorted(groups.items()):
@@ -383,8 +391,40 @@ def describe_kohya_state_dict(sd: dict[str, Any], metadata: dict[str, str] | Non
             pass
     return {
         "lora_type": kind, "network_dim": dim, "network_alpha": alpha, "conv_dim": conv_dim, "conv_alpha": conv_alpha,
-        "has_text_encoder": any(m.startswith(TE_PREFIX + "_") for m in groups),
+        "has_text_encoder": any(_is_text_encoder_module(m) for m in groups),
     }
+
+
+# Parts of the names of the conv modules only LoCon trains: diffusers paths (SD 1.x) and the SAI layout (SDXL).
+_CONV_MODULE_PARTS = ("_resnets_", "_downsamplers_", "_upsamplers_", "_in_layers_", "_out_layers_", "_emb_layers_",
+                      "_skip_connection")
+
+
+def _is_conv_module(name: str) -> bool:
+    return any(part in name for part in _CONV_MODULE_PARTS) or name.endswith(("_op", "_conv"))
+
+
+def _is_text_encoder_module(name: str) -> bool:
+    """lora_te_ (SD 1.x/2.x), lora_te1_ and lora_te2_ (SDXL)."""
+    return name.startswith(TE_PREFIX + "_") or name.startswith(TE_PREFIX + "1_") or name.startswith(TE_PREFIX + "2_")
+
+
+def lora_family(sd: dict[str, Any], metadata: dict[str, str] | None = None) -> "str | None":
+    """"sdxl" or "sd" for a kohya-format LoRA (its metadata, else SDXL's text-encoder prefixes, else the
+    cross-attention width of its UNet modules); None when nothing tells."""
+    version = (metadata or {}).get("ss_base_model_version", "")
+    if version.startswith("sdxl"):
+        return "sdxl"
+    if version.startswith("sd_v"):
+        return "sd"
+    if any(k.startswith((TE_PREFIX + "1_", TE_PREFIX + "2_")) for k in sd):
+        return "sdxl"
+    if any(k.startswith(TE_PREFIX + "_") for k in sd):
+        return "sd"
+    for key, value in sd.items():
+        if "_attn2_to_k." in key and key.endswith("lora_down.weight"):
+            return "sdxl" if int(value.shape[-1]) == 2048 else "sd"
+    return None
 
 
 def _maybe_number(value):
@@ -395,11 +435,15 @@ def _maybe_number(value):
     return int(number) if number.is_integer() else number
 
 
-def create_network(unet: torch.nn.Module, text_encoder: torch.nn.Module | None, lora_type: str, network_dim: int,
-                   network_alpha: float, conv_dim: int, conv_alpha: float, train_text_encoder: bool = True,
-                   dropout: float = 0.0) -> KohyaNetwork:
-    """A kohya-named network over `unet` (diffusers UNet2DConditionModel) and `text_encoder` (CLIPTextModel).
+def create_network(unet: torch.nn.Module, text_encoder: "torch.nn.Module | Sequence[tuple[str, torch.nn.Module]] | None",
+                   lora_type: str, network_dim: int, network_alpha: float, conv_dim: int, conv_alpha: float,
+                   train_text_encoder: bool = True, dropout: float = 0.0,
+                   unet_name: "Callable[[str], str] | None" = None) -> KohyaNetwork:
+    """A kohya-named network over `unet` (diffusers UNet2DConditionModel) and the text encoder(s).
 
+    `text_encoder` is one CLIP text model (named `lora_te_...`) or a list of (kohya prefix, encoder), e.g.
+    SDXL's `[("lora_te1", clip_l), ("lora_te2", clip_g)]` (a model's `family.network_text_encoders`).
+    `unet_name(module_path)` names the UNet's modules where kohya does not use the diffusers path (SDXL).
     Freezes the base models (`requires_grad_(False)`); the returned network holds the only trainable
     parameters. Call `apply_to()` to hook it in. With `train_text_encoder=False` (or no text encoder) no
     text-encoder modules are made and none are saved, as kohya does for a UNet-only run.
@@ -417,23 +461,31 @@ def create_network(unet: torch.nn.Module, text_encoder: torch.nn.Module | None, 
     if uses_convs and not conv_alpha:
         conv_alpha = float(conv_dim)
 
+    if text_encoder is None:
+        encoders: list[tuple[str, torch.nn.Module]] = []
+    elif isinstance(text_encoder, torch.nn.Module):
+        encoders = [(TE_PREFIX, text_encoder)]
+    else:
+        encoders = list(text_encoder)
     unet.requires_grad_(False)
-    if text_encoder is not None:
-        text_encoder.requires_grad_(False)
+    for _, encoder in encoders:
+        encoder.requires_grad_(False)
 
     common = dict(algo=algo, dim=network_dim, alpha=network_alpha, conv_dim=conv_dim, conv_alpha=conv_alpha,
                   dropout=dropout, extra=extra)
-    te_net = None
-    if train_text_encoder and text_encoder is not None:
-        te_net = _build_lycoris(text_encoder, text_encoder_prefix(text_encoder), TE_TARGETS, **common)
-        if not te_net.loras:
-            raise UserError("The text encoder has no CLIP attention/MLP layers to train: is it a CLIP text model?")
+    te_nets = []
+    if train_text_encoder:
+        for prefix, encoder in encoders:
+            net = _build_lycoris(encoder, text_encoder_prefix(encoder, prefix), TE_TARGETS, **common)
+            if not net.loras:
+                raise UserError("The text encoder has no CLIP attention/MLP layers to train: is it a CLIP text model?")
+            te_nets.append(net)
     unet_targets = UNET_TARGETS + (UNET_CONV_TARGETS if uses_convs else [])
-    unet_net = _build_lycoris(unet, UNET_PREFIX, unet_targets, **common)
+    unet_net = _build_lycoris(unet, UNET_PREFIX, unet_targets, rename=unet_name, **common)
     if not unet_net.loras:
         raise UserError("The UNet has no Transformer2DModel blocks to train: is it a Stable Diffusion UNet?")
 
-    network = KohyaNetwork(te_net, unet_net, lora_type=lora_type, algo=algo, network_dim=network_dim,
+    network = KohyaNetwork(te_nets, unet_net, lora_type=lora_type, algo=algo, network_dim=network_dim,
                            network_alpha=network_alpha, conv_dim=conv_dim, conv_alpha=conv_alpha, dropout=dropout,
                            uses_convs=uses_convs, extra=extra)
     network.requires_grad_(True)

@@ -91,13 +91,56 @@ def encode_token_ids(text_encoder: Any, ids: "torch.Tensor", max_token_length: i
     else:
         out = text_encoder(flat, output_hidden_states=True, return_dict=True)
         states = _final_layer_norm(text_encoder)(out.hidden_states[-clip_skip])
-    states = states.reshape(batch, n_chunks * length, states.shape[-1])
-    if n_chunks == 1:
-        return states
+    return join_chunks(states, batch, max_token_length)
+
+
+def join_chunks(states: "torch.Tensor", batch: int, max_token_length: int) -> "torch.Tensor":
+    """[B * chunks, 77, dim] chunk states -> [B, max_token_length + 2, dim]: the BOS state of chunk 1,
+    states[1:76] of every chunk, the last state of the last chunk (kohya's joining)."""
     import torch
 
+    length = states.shape[1]
+    states = states.reshape(batch, -1, states.shape[-1])
+    if states.shape[1] == length:
+        return states
     parts = [states[:, :1]]
     for i in range(1, max_token_length, length):
         parts.append(states[:, i : i + length - 2])
     parts.append(states[:, -1:])
     return torch.cat(parts, dim=1)
+
+
+def encode_sdxl_prompts(
+    tokenizers: Sequence[Any],
+    text_encoders: Sequence[Any],
+    captions: Sequence[str],
+    max_token_length: int = 225,
+    device: "str | torch.device | None" = None,
+) -> "tuple[torch.Tensor, torch.Tensor]":
+    """SDXL's conditioning as kohya's sdxl_train_util computes it: (states [B, max_token_length + 2,
+    dim1 + dim2], pooled [B, projection_dim]).
+
+    Both encoders give their penultimate hidden states without the final layer norm (clip skip is
+    not a setting for SDXL), joined over 75-token chunks like SD 1.x and concatenated on the last axis.
+    The pooled vector is the bigG encoder's final-normed state at the first EOS of the first chunk,
+    through its text projection.
+    """
+    import torch
+
+    (tokenizer1, tokenizer2), (encoder1, encoder2) = tokenizers, text_encoders
+    if device is None:
+        device = next(encoder1.parameters()).device
+    ids1 = tokenize_prompts(tokenizer1, captions, max_token_length)
+    ids2 = tokenize_prompts(tokenizer2, captions, max_token_length)
+    batch, _, length = ids1.shape
+    flat1 = ids1.reshape(-1, length).to(device)
+    flat2 = ids2.reshape(-1, length).to(device)
+    states1 = encoder1(flat1, output_hidden_states=True, return_dict=True).hidden_states[-2]
+    out2 = encoder2(flat2, output_hidden_states=True, return_dict=True)
+    states2 = out2.hidden_states[-2]
+    first_chunks = torch.arange(0, flat2.shape[0], ids2.shape[1], device=flat2.device)
+    eos = (flat2[first_chunks] == tokenizer2.eos_token_id).int().argmax(dim=-1)
+    last = out2.last_hidden_state[first_chunks, eos]
+    pooled = encoder2.text_projection(last.to(encoder2.text_projection.weight.dtype))
+    hidden = torch.cat([join_chunks(states1, batch, max_token_length), join_chunks(states2.to(states1.dtype), batch, max_token_length)], dim=-1)
+    return hidden, pooled

@@ -49,40 +49,46 @@ def parse_prompt(text: str, resolution: int, seed: int) -> SamplePrompt:
     return sample
 
 
-def sample_images(model: Any, prompts: list[str], folder: Path, stem: str, resolution: int, seed: int, device: Any, clip_skip: int = 1, max_token_length: int = 75) -> list[Path]:
-    """Render each prompt once with the model as it is now; return the saved PNG paths.
+def sampling_pipeline(model: Any) -> Any:
+    """A diffusers pipeline of the model's family with Euler a, set for the model's prediction type
+    (v-prediction with zero terminal SNR samples from the last timestep: "trailing" spacing)."""
+    from diffusers import EulerAncestralDiscreteScheduler
 
-    Prompts are encoded by the training code (long prompts, clip skip), so samples see the
-    text exactly as training does; diffusers' own clip_skip needs `.text_model`, which
-    transformers 5 no longer has.
-    """
-    import torch
-    from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionPipeline
-
-    from lora_gradio.engine.train.prompts import encode_prompts
-
-    scheduler = EulerAncestralDiscreteScheduler.from_config(model.noise_scheduler.config)
-    pipe = StableDiffusionPipeline(
-        unet=model.unet, vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer,
-        scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
+    config = dict(model.noise_scheduler.config)
+    if model.zero_terminal_snr:
+        config["timestep_spacing"] = "trailing"
+    scheduler = EulerAncestralDiscreteScheduler.from_config(config)
+    pipe = model.family.pipeline(model, scheduler)
     pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def generate(model: Any, pipe: Any, prompt: str, negative: str, max_token_length: int, clip_skip: int, device: Any, **options: Any) -> list:
+    """PIL images of `prompt`, its text encoded by the training code (long prompts, clip skip, SDXL's two
+    encoders) so samples see the text as training does; `options` go to the pipeline (size, steps, ...).
+    The VAE decodes in its own dtype (fp32; SDXL's VAE overflows in fp16) while the UNet may run in 16 bits."""
+    import torch
+
+    with torch.no_grad():
+        both = model.family.encode(model, [prompt, negative], max_token_length, clip_skip, device).to(dtype=model.unet.dtype)
+        positive, negative_rows = both.rows()
+        latents = pipe(**model.family.pipeline_embeds(positive, negative_rows), output_type="latent", **options).images
+        decoded = model.vae.decode(latents.to(model.vae.dtype) / model.vae.config.scaling_factor).sample
+        return pipe.image_processor.postprocess(decoded, output_type="pil")
+
+
+def sample_images(model: Any, prompts: list[str], folder: Path, stem: str, resolution: int, seed: int, device: Any, clip_skip: int = 1, max_token_length: int = 75) -> list[Path]:
+    """Render each prompt once with the model as it is now; return the saved PNG paths."""
+    import torch
+
+    pipe = sampling_pipeline(model)
     folder.mkdir(parents=True, exist_ok=True)
     saved = []
     for index, text in enumerate(prompts):
         sample = parse_prompt(text, resolution, seed)
         generator = torch.Generator(device="cpu").manual_seed(sample.seed)
-        with torch.no_grad():
-            embeds = encode_prompts(model.tokenizer, model.text_encoder, [sample.prompt, sample.negative], max_token_length, clip_skip, device=device)
-            embeds = embeds.to(model.unet.dtype)
-            latents = pipe(
-                prompt_embeds=embeds[:1], negative_prompt_embeds=embeds[1:], width=sample.width, height=sample.height,
-                num_inference_steps=sample.steps, guidance_scale=sample.scale, generator=generator, output_type="latent",
-            ).images
-            # Decoded here: the UNet runs in 16 bits while the VAE stays in fp32, and the pipeline
-            # would hand the VAE 16-bit latents.
-            decoded = model.vae.decode(latents.to(model.vae.dtype) / model.vae.config.scaling_factor).sample
-            image = pipe.image_processor.postprocess(decoded, output_type="pil")[0]
+        image = generate(model, pipe, sample.prompt, sample.negative, max_token_length, clip_skip, device, width=sample.width, height=sample.height,
+                         num_inference_steps=sample.steps, guidance_scale=sample.scale, generator=generator)[0]
         target = folder / f"{stem}-{index:02d}.png"
         with atomic_path(target) as tmp:
             image.save(tmp, format="PNG")

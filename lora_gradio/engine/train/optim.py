@@ -9,7 +9,8 @@ from lora_gradio.engine.errors import UserError
 from lora_gradio.engine.progress import Progress
 
 # Package to install for each optimizer that torch does not have.
-_PACKAGES = {"AdamW8bit": "bitsandbytes", "Prodigy": "prodigyopt", "DAdaptation": "dadaptation", "Lion": "lion-pytorch"}
+_PACKAGES = {"AdamW8bit": "bitsandbytes", "Prodigy": "prodigyopt", "DAdaptation": "dadaptation", "Lion": "lion-pytorch", "CAME": "pytorch-optimizer"}
+_MODULES = {"lion-pytorch": "lion_pytorch", "pytorch-optimizer": "pytorch_optimizer"}
 
 
 def parse_optimizer_args(args: list[str]) -> dict[str, Any]:
@@ -33,7 +34,7 @@ def check_optimizer_installed(name: str, on_cuda: bool) -> None:
     package = _PACKAGES.get(name)
     if package is None or (name == "AdamW8bit" and not on_cuda):  # on the CPU AdamW8bit becomes AdamW
         return
-    module = {"lion-pytorch": "lion_pytorch"}.get(package, package)
+    module = _MODULES.get(package, package)
     if importlib.util.find_spec(module) is None:
         raise UserError(f"The {name} optimizer needs the {package} package: pip install {package} (or choose AdamW).")
 
@@ -66,12 +67,17 @@ def build_optimizer(name: str, param_groups: list[dict], args: list[str], on_cud
             from lion_pytorch import Lion
 
             opt = Lion(param_groups, **extra)
+        elif name == "CAME":
+            # The XL notebook's CAME (with weight_decay=0.04), from the maintained pytorch-optimizer collection.
+            from pytorch_optimizer import CAME
+
+            opt = CAME(param_groups, **extra)
         elif name == "AdaFactor":
             from transformers.optimization import Adafactor
 
             opt = Adafactor(param_groups, **{"relative_step": False, "scale_parameter": False, "warmup_init": False, **extra})
         else:
-            raise UserError(f"Unknown optimizer {name!r}: choose AdamW8bit, AdamW, Prodigy, DAdaptation, Lion or AdaFactor.")
+            raise UserError(f"Unknown optimizer {name!r}: choose AdamW8bit, AdamW, Prodigy, DAdaptation, Lion, AdaFactor or CAME.")
     except ImportError:
         raise UserError(f"The {name} optimizer needs the {_PACKAGES.get(name, name)} package: pip install {_PACKAGES.get(name, name)} (or choose AdamW).") from None
     except TypeError as exc:
@@ -80,8 +86,23 @@ def build_optimizer(name: str, param_groups: list[dict], args: list[str], on_cud
 
 
 def build_scheduler(name: str, optimizer: Any, total_steps: int, warmup_ratio: float, number: int) -> Any:
-    """diffusers' schedules: cosine_with_restarts uses `number` cycles, polynomial `number` as power."""
+    """diffusers' schedules: cosine_with_restarts uses `number` cycles, polynomial `number` as power;
+    rex is the REX schedule (below) after the warmup."""
     from diffusers.optimization import get_scheduler
 
     warmup = int(round(total_steps * warmup_ratio)) if name != "constant" else 0
+    if name == "rex":
+        from torch.optim.lr_scheduler import LambdaLR
+
+        return LambdaLR(optimizer, lambda step: rex_factor(step, total_steps, warmup))
     return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps, num_cycles=number, power=float(number))
+
+
+def rex_factor(step: int, total_steps: int, warmup: int = 0) -> float:
+    """The REX schedule (Chen et al., "REX: Revisiting Budgeted Training with an Improved Schedule", 2021),
+    which the XL notebook offers: after a linear warmup, (1 - z) / (1 - z / 2) of the rate at progress z,
+    falling slowly at first and reaching 0 at the end."""
+    if step < warmup:
+        return step / max(1, warmup)
+    z = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+    return (1 - z) / (1 - z / 2)

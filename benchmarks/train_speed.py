@@ -1,16 +1,19 @@
-"""Training speed on the real SD1.5 architecture: samples/s, peak memory and MFU.
+"""Training speed on the real SD1.5 or SDXL architecture: samples/s, peak memory and MFU.
 
-    python benchmarks/train_speed.py                       # GPU: 512 px, batch 2 (the guide's defaults)
+    python benchmarks/train_speed.py                       # GPU: SD1.5 at 512 px, batch 2 (the guide's defaults)
     python benchmarks/train_speed.py --batch 8
+    python benchmarks/train_speed.py --family sdxl         # GPU: SDXL at 1024 px, batch 1 (--batch 4: the XL notebook's)
     python benchmarks/train_speed.py --resolution 256 --batch 1 --steps 2   # what a CPU can show
+    python benchmarks/train_speed.py --family sdxl --resolution 512 --batch 1 --steps 1   # SDXL's per-step cost on a CPU
 
-The UNet and text encoder are built from the configs the package ships, with random weights
-(nothing is downloaded), and trained with the guide's defaults: LoRA dim 16 / alpha 8 on UNet
-and text encoder, 225-token captions with clip skip 2, min-SNR 5, AdamW8bit on a GPU (AdamW
-on a CPU), fp16/bf16 mixed precision on a GPU. Latents are random (the real run caches them,
-so the VAE is not part of a training step). Each step is the same `training_step` the trainer
-runs. FLOPs of one step are counted with torch.utils.flop_counter; MFU divides the achieved
-FLOP/s by the GPU's dense half-precision peak (from the table below, or --peak-tflops).
+The UNet and text encoder(s) are built from the configs the package ships, with random weights
+(nothing is downloaded), and trained with the guides' defaults: SD1.5 LoRA 16/8 with min-SNR 5 and
+clip skip 2; SDXL LoRA 8/4 with min-SNR 8 and multires noise (the XL notebook's); both on UNet and
+text encoder(s), 225-token captions, AdamW8bit on a GPU (AdamW on a CPU), fp16/bf16 mixed precision on
+a GPU. Latents are random (the real run caches them, so the VAE is not part of a training step). Each
+step is the same `training_step` the trainer runs, with the family's conditioning (SDXL: both encoders,
+pooled text and size ids). FLOPs of one step are counted with torch.utils.flop_counter; MFU divides the
+achieved FLOP/s by the GPU's dense half-precision peak (from the table below, or --peak-tflops).
 """
 
 from __future__ import annotations
@@ -40,20 +43,48 @@ def peak_tflops(name: str) -> "float | None":
     return None
 
 
-def tokenizer_for_benchmark():
-    """The real CLIP tokenizer when cached; else the tests' small one (same 77-token chunks)."""
+def tokenizers_for_benchmark(version: str):
+    """The real CLIP tokenizer(s) when cached; else the tests' small ones (same 77-token chunks)."""
     try:
-        from lora_gradio.engine.train.models import clip_tokenizer
+        from lora_gradio.engine.train.models import clip_tokenizers
 
-        return clip_tokenizer("sd_v1"), "openai/clip-vit-large-patch14"
+        return clip_tokenizers(version), "the model's own"
     except Exception:
         from transformers import CLIPTokenizer
 
         from tests.tiny_sd import write_tiny_tokenizer
+        from tests.tiny_sdxl import write_tiny_tokenizer_2
 
-        folder = Path(tempfile.mkdtemp()) / "tokenizer"
-        write_tiny_tokenizer(folder)
-        return CLIPTokenizer.from_pretrained(folder), "small test vocabulary (same sequence lengths)"
+        folder = Path(tempfile.mkdtemp())
+        write_tiny_tokenizer(folder / "tokenizer")
+        found = [CLIPTokenizer.from_pretrained(folder / "tokenizer")]
+        if version == "sdxl":
+            write_tiny_tokenizer_2(folder / "tokenizer_2")
+            found.append(CLIPTokenizer.from_pretrained(folder / "tokenizer_2"))
+        return found, "small test vocabulary (same sequence lengths)"
+
+
+def build_random_model(family_key: str):
+    """(BaseModel, tokenizer description) with the real architecture and random weights, on the CPU."""
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from lora_gradio.engine.train.models import CONFIG_DIR, BaseModel, ModelSource
+
+    folder = CONFIG_DIR / ("sdxl" if family_key == "sdxl" else "sd15")
+    version = "sdxl" if family_key == "sdxl" else "sd_v1"
+
+    def config(part: str) -> dict:
+        return json.loads((folder / part / "config.json").read_text())
+
+    unet = UNet2DConditionModel.from_config(config("unet"))
+    encoders = [CLIPTextModel(CLIPTextConfig(**config("text_encoder")))]
+    if family_key == "sdxl":
+        encoders.append(CLIPTextModelWithProjection(CLIPTextConfig(**config("text_encoder_2"))))
+    tokenizers, tokenizer_name = tokenizers_for_benchmark(version)
+    scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, clip_sample=False)
+    model = BaseModel(unet, None, encoders, tokenizers, scheduler, version, ModelSource("diffusers", "random", f"random {family_key}"))
+    return model, tokenizer_name
 
 
 def main() -> int:
@@ -61,8 +92,9 @@ def main() -> int:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     on_cuda = torch.cuda.is_available()
-    parser.add_argument("--resolution", type=int, default=512 if on_cuda else 256)
-    parser.add_argument("--batch", type=int, default=2 if on_cuda else 1)
+    parser.add_argument("--family", choices=["sd", "sdxl"], default="sd")
+    parser.add_argument("--resolution", type=int, default=None, help="default: 512 (SD) / 1024 (SDXL) on a GPU, 256 / 512 on a CPU")
+    parser.add_argument("--batch", type=int, default=None, help="default: 2 (SD) / 1 (SDXL) on a GPU, 1 on a CPU")
     parser.add_argument("--steps", type=int, default=20 if on_cuda else 2)
     parser.add_argument("--warmup", type=int, default=3 if on_cuda else 1)
     parser.add_argument("--precision", choices=["auto", "fp16", "bf16", "no"], default="auto")
@@ -71,32 +103,36 @@ def main() -> int:
     parser.add_argument("--peak-tflops", type=float, default=None, help="the device's peak, for MFU (default: from the table)")
     parser.add_argument("--json", action="store_true", help="print one JSON line instead of text")
     args = parser.parse_args()
+    xl = args.family == "sdxl"
+    if args.resolution is None:
+        args.resolution = (1024 if xl else 512) if on_cuda else (512 if xl else 256)
+    if args.batch is None:
+        args.batch = (1 if xl else 2) if on_cuda else 1
 
     from accelerate import Accelerator
-    from diffusers import DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     from lora_gradio.engine.train.config import TrainSettings, resolved_min_snr_gamma
+    from lora_gradio.engine.train.family import SDXL_DEFAULTS
     from lora_gradio.engine.train.loop import training_step
-    from lora_gradio.engine.train.models import CONFIG_DIR, BaseModel, ModelSource
     from lora_gradio.engine.train.network import create_network
     from lora_gradio.engine.train.optim import build_optimizer
 
-    settings = TrainSettings(train_batch_size=args.batch, resolution=args.resolution, lora_type=args.lora_type, gradient_checkpointing=args.gradient_checkpointing)
+    family_defaults = {k: v for k, v in SDXL_DEFAULTS.items() if k in ("min_snr_gamma", "multires_noise_iterations", "multires_noise_discount", "network_dim", "network_alpha")} if xl else {}
+    settings = TrainSettings(**{**family_defaults, "train_batch_size": args.batch, "resolution": args.resolution, "lora_type": args.lora_type,
+                                "gradient_checkpointing": args.gradient_checkpointing, "max_bucket_reso": max(1024, args.resolution)})
     precision = "no" if not on_cuda else (args.precision if args.precision != "auto" else ("bf16" if torch.cuda.is_bf16_supported() else "fp16"))
     accelerator = Accelerator(mixed_precision=precision, cpu=not on_cuda)
     device = accelerator.device
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
     torch.manual_seed(0)
-    unet = UNet2DConditionModel.from_config(json.loads((CONFIG_DIR / "sd15/unet/config.json").read_text()))
-    text_encoder = CLIPTextModel(CLIPTextConfig(**json.loads((CONFIG_DIR / "sd15/text_encoder/config.json").read_text())))
-    tokenizer, tokenizer_name = tokenizer_for_benchmark()
-    scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, clip_sample=False)
-    model = BaseModel(unet, None, text_encoder, tokenizer, scheduler, "sd_v1", ModelSource("diffusers", "random", "random SD1.5"))
-    network = create_network(unet, text_encoder, settings.lora_type, settings.network_dim, settings.network_alpha, settings.conv_dim, settings.conv_alpha)
+    model, tokenizer_name = build_random_model(args.family)
+    family, unet = model.family, model.unet
+    network = create_network(unet, family.network_text_encoders(model), settings.lora_type, settings.network_dim, settings.network_alpha,
+                             settings.conv_dim, settings.conv_alpha, unet_name=family.lora_unet_name(model))
     network.apply_to()
     unet.to(device, dtype=dtype)
-    text_encoder.to(device, dtype=dtype)
+    for encoder in model.text_encoders:
+        encoder.to(device, dtype=dtype)
     network.to(device, dtype=torch.float32)
     if args.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
@@ -104,13 +140,16 @@ def main() -> int:
     optimizer, optimizer_name = build_optimizer("AdamW8bit", network.param_groups(settings.unet_lr, settings.text_encoder_lr), [], on_cuda)
     network, optimizer = accelerator.prepare(network, optimizer)
     gamma = resolved_min_snr_gamma(settings)
-    alphas = scheduler.alphas_cumprod.to(device)
+    alphas = model.noise_scheduler.alphas_cumprod.to(device)
     caption = ", ".join(f"tag{i} 1girl solo smile red hair" for i in range(60))  # long enough for 225 tokens
     latent = args.resolution // 8
+    # SDXL's size conditioning for square images at the training resolution.
+    size_ids = torch.tensor([[args.resolution, args.resolution, 0, 0, args.resolution, args.resolution]] * args.batch, dtype=torch.float32) if xl else None
 
     def step() -> float:
         latents = torch.randn(args.batch, 4, latent, latent)
-        loss = training_step(accelerator, model, network, latents, [caption] * args.batch, [False] * args.batch, settings, gamma, alphas, dtype, True)
+        loss = training_step(accelerator, model, network, latents, [caption] * args.batch, [False] * args.batch, settings, gamma, alphas, dtype, True,
+                             size_ids=size_ids)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return loss
@@ -145,7 +184,7 @@ def main() -> int:
     peak = args.peak_tflops or (peak_tflops(device_name) if on_cuda else None)
     achieved = flops_per_step / seconds / 1e12
     report = {
-        "device": device_name, "precision": precision, "resolution": args.resolution, "batch": args.batch,
+        "family": args.family, "device": device_name, "precision": precision, "resolution": args.resolution, "batch": args.batch,
         "optimizer": optimizer_name.rsplit(".", 1)[-1], "gradient_checkpointing": args.gradient_checkpointing,
         "seconds_per_step": round(seconds, 4), "samples_per_s": round(args.batch / seconds, 3),
         "tflop_per_sample": round(flops_per_step / args.batch / 1e12, 3), "achieved_tflops": round(achieved, 2),
@@ -156,7 +195,9 @@ def main() -> int:
         print(json.dumps(report))
     else:
         mem_label = "peak GPU memory" if on_cuda else "peak process memory (RSS)"
-        print(f"{device_name}, {precision}, {args.resolution} px, batch {args.batch}, {report['optimizer']}, LoRA 16/8 on UNet + text encoder")
+        encoders = "both text encoders" if xl else "text encoder"
+        print(f"{args.family.upper()} on {device_name}, {precision}, {args.resolution} px, batch {args.batch}, {report['optimizer']}, "
+              f"LoRA {settings.network_dim}/{settings.network_alpha} on UNet + {encoders}")
         print(f"  {report['samples_per_s']} samples/s ({report['seconds_per_step']} s/step over {args.steps} steps)")
         print(f"  {report['tflop_per_sample']} TFLOP per sample; {report['achieved_tflops']} TFLOP/s achieved" + (f"; MFU {report['mfu']:.1%} of {peak} TFLOP/s" if peak else "; MFU: no peak known for this device (--peak-tflops)"))
         print(f"  {mem_label}: {report['peak_memory_gib']} GiB")

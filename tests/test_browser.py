@@ -514,3 +514,54 @@ def test_the_whole_guide_through_the_page(app, browser, tmp_path, tiny_model):
     page.wait_for_selector("#lg-compare-grid img", timeout=20_000)
     assert len(list((project.output_dir / "compare").glob("walk-grid-*.png"))) == 1
     page.close()
+
+
+def test_an_sdxl_project_tags_trains_and_compares_from_the_page(app, browser, tmp_path, tiny_sdxl_dir):
+    """The XL tagger choice, an SDXL base bringing the XL notebook's defaults into the form, training the
+    tiny SDXL two epochs and comparing them, all by clicking."""
+    from tests.tiny_wd import build_tiny_wd
+
+    wd = build_tiny_wd(tmp_path / "wd")
+    page = browser.new_page(viewport={"width": 1280, "height": 1400})
+    page.goto(app.url)
+    page.wait_for_selector("#lg-create-project", timeout=30_000)
+    project = create_project_on_page(page, app, "xlwalk")
+    for i in range(4):
+        make_image(project.dataset_dir / f"{i}.png", size=(512 + 64 * (i % 2), 640), colour=(60 * i, 120, 30))
+
+    page.locator("#lg-tag .label-wrap").first.click()  # tag with the XL Dataset Maker's choice
+    page.click("#lg-tag-preset-sdxl")
+    page.wait_for_function("() => { const f = document.querySelector('#lg-tag-model2 textarea, #lg-tag-model2 input'); return f && f.value.includes('wd-vit-large-tagger-v3'); }", timeout=15_000)
+    fill_after_render(page, "lg-tag-model", str(wd))
+    textbox(page, "lg-tag-model2").fill("")
+    page.locator("#lg-tag-existing label:has-text('overwrite')").first.click()
+    page.click("#lg-tag-run")
+    page.wait_for_selector("#lg-job[data-state='done']:has-text('Tag images')", timeout=120_000)
+    assert len(list(project.dataset_dir.glob("*.txt"))) == 4
+
+    open_train_tab(page)
+    field = textbox(page, "lg-set-training_model")
+    field.fill(str(tiny_sdxl_dir))
+    field.press("Tab")
+    page.wait_for_selector("#lg-train-settings-message:has-text('SDXL base: took its defaults')", timeout=20_000)
+    assert textbox(page, "lg-set-resolution").input_value() == "1024"  # the form shows the XL notebook's values
+    page.screenshot(path=str(ARTIFACTS / f"train-sdxl-{app.label}.png"), full_page=True)
+    for key, value in (("resolution", "512"), ("num_repeats", "1"), ("how_many", "2"), ("network_dim", "4"), ("network_alpha", "2"),
+                       ("train_batch_size", "2")):
+        field = textbox(page, f"lg-set-{key}")
+        field.fill(value)
+        field.press("Tab")
+        page.wait_for_timeout(300)
+    page.wait_for_selector("#lg-train-calc:has-text('4 images x 1 repeat x 2 epochs')", timeout=20_000)
+    page.click("#lg-train-start")
+    page.wait_for_selector("#lg-train-status[data-state='done']", timeout=300_000)
+    assert sorted(p.name for p in project.output_dir.glob("*.safetensors")) == ["xlwalk-01.safetensors", "xlwalk-02.safetensors"]
+
+    open_tab(page, "3. Test")
+    page.wait_for_selector("#lg-compare-found:has-text('xlwalk-02')", timeout=30_000)
+    for key, value in (("weights", "0.5, 1"), ("steps", "2"), ("width", "512"), ("height", "512")):
+        textbox(page, f"lg-compare-{key}").fill(value)
+    page.click("#lg-compare-run")
+    page.wait_for_selector("#lg-job[data-state='done']:has-text('Compare epochs')", timeout=180_000)
+    page.wait_for_selector("#lg-compare-grid img", timeout=20_000)
+    page.close()

@@ -71,3 +71,50 @@ def test_the_guide_from_nothing_to_a_compared_lora(tmp_path, capsys):
     assert "hero_char" in json.dumps(record)  # the default prompt starts from the activation tag
     out = run("compare", "hero", "--xyz")
     assert "<lora:hero-01:" in out and "-01, -02" in out
+
+
+def test_an_sdxl_character_from_the_booru_to_compared_eps_and_vpred_loras(tmp_path, capsys, tiny_sdxl_dir):
+    """The README's SDXL walk-through on the tiny SDXL: scrape -> tag (the XL tagger choice) -> train
+    (noise prediction, then v-prediction) -> compare."""
+    from tests.tiny_sdxl import build_tiny_sdxl
+    from tests.tiny_wd import build_tiny_wd
+
+    root = str(tmp_path / "Loras")
+    wd = build_tiny_wd(tmp_path / "wd")
+    vpred_model = build_tiny_sdxl(tmp_path / "xl_v", prediction_type="v_prediction")
+
+    def run(*args: str) -> str:
+        capsys.readouterr()
+        assert cli_main(["--root", root, *args]) == 0, capsys.readouterr().err
+        captured = capsys.readouterr()
+        return captured.out + captured.err
+
+    run("project", "create", "xlhero")
+    project = Projects(root).open("xlhero")
+    with BooruServer(n_posts=30) as booru:
+        run("scrape", "xlhero", "--site", "safebooru", "--tags", "fake_tag", "--limit", "6", "--base-url", booru.safebooru_url, "--yes")
+    n = len([p for p in project.dataset_dir.iterdir() if p.suffix in (".png", ".jpg", ".jpeg")])
+    assert n >= 4
+    run("tag", "xlhero", "--preset", "sdxl", "--model", str(wd), "--existing", "overwrite")
+    run("tags", "xlhero", "--activation", "xlhero_char")
+
+    common = ("--set", "resolution=512", "--set", "num_repeats=1", "--set", "how_many=2", "--set", "optimizer=AdamW",
+              "--set", "optimizer_args=[]", "--set", "network_dim=4", "--set", "network_alpha=2", "--set", "max_token_length=75",
+              "--set", "max_bucket_reso=1024")
+    out = run("train", "xlhero", "--set", f"training_model={tiny_sdxl_dir}", *common)
+    assert "SDXL base: took its defaults" in out
+    from safetensors import safe_open
+
+    with safe_open(str(project.output_dir / "xlhero-02.safetensors"), "pt") as f:
+        meta, keys = f.metadata(), list(f.keys())
+    assert meta["ss_base_model_version"] == "sdxl_base_v1-0" and meta["modelspec.prediction_type"] == "epsilon"
+    assert any(k.startswith("lora_te2_text_model_encoder_layers_") for k in keys)
+    assert any(k.startswith("lora_unet_input_blocks_") for k in keys)
+
+    run("train", "xlhero", "--set", f"training_model={vpred_model}", *common)
+    with safe_open(str(project.output_dir / "xlhero-02.safetensors"), "pt") as f:
+        meta = f.metadata()
+    assert meta["modelspec.prediction_type"] == "v" and meta["ss_zero_terminal_snr"] == "True"
+
+    run("compare", "xlhero", "--weights", "0.5,1", "--steps", "2", "--width", "512", "--height", "512")
+    assert len(list((project.output_dir / "compare").glob("xlhero-grid-*.png"))) == 1

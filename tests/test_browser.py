@@ -516,9 +516,17 @@ def test_the_whole_guide_through_the_page(app, browser, tmp_path, tiny_model):
     page.close()
 
 
-def test_an_sdxl_project_tags_trains_and_compares_from_the_page(app, browser, tmp_path, tiny_sdxl_dir):
-    """The XL tagger choice, an SDXL base bringing the XL notebook's defaults into the form, training the
-    tiny SDXL two epochs and comparing them, all by clicking."""
+@pytest.fixture(scope="module")
+def tiny_sdxl_vpred(tmp_path_factory):
+    from tests.tiny_sdxl import build_tiny_sdxl
+
+    return build_tiny_sdxl(tmp_path_factory.mktemp("xl_v") / "model", prediction_type="v_prediction")
+
+
+def test_an_sdxl_project_from_the_booru_to_a_compared_vpred_lora_on_the_page(app, browser, tmp_path, tiny_sdxl_vpred):
+    """Scrape, tag with the XL Dataset Maker's choice, choose a v-prediction SDXL base (the form takes the XL
+    notebook's defaults and ticks v_pred), train two epochs and compare them, all by clicking."""
+    from tests.booru_server import BooruServer
     from tests.tiny_wd import build_tiny_wd
 
     wd = build_tiny_wd(tmp_path / "wd")
@@ -526,8 +534,12 @@ def test_an_sdxl_project_tags_trains_and_compares_from_the_page(app, browser, tm
     page.goto(app.url)
     page.wait_for_selector("#lg-create-project", timeout=30_000)
     project = create_project_on_page(page, app, "xlwalk")
-    for i in range(4):
-        make_image(project.dataset_dir / f"{i}.png", size=(512 + 64 * (i % 2), 640), colour=(60 * i, 120, 30))
+    with BooruServer(n_posts=30) as booru:
+        fill_safebooru_search(page, booru, limit=4)
+        page.click("#lg-scrape-download")
+        page.wait_for_selector("#lg-job[data-state='done']:has-text('Download images')", timeout=120_000)
+    n = len([p for p in project.dataset_dir.iterdir() if p.suffix in (".png", ".jpg", ".jpeg")])
+    assert n >= 3
 
     page.locator("#lg-tag .label-wrap").first.click()  # tag with the XL Dataset Maker's choice
     page.click("#lg-tag-preset-sdxl")
@@ -537,14 +549,15 @@ def test_an_sdxl_project_tags_trains_and_compares_from_the_page(app, browser, tm
     page.locator("#lg-tag-existing label:has-text('overwrite')").first.click()
     page.click("#lg-tag-run")
     page.wait_for_selector("#lg-job[data-state='done']:has-text('Tag images')", timeout=120_000)
-    assert len(list(project.dataset_dir.glob("*.txt"))) == 4
+    assert len(list(project.dataset_dir.glob("*.txt"))) == n
 
     open_train_tab(page)
     field = textbox(page, "lg-set-training_model")
-    field.fill(str(tiny_sdxl_dir))
+    field.fill(str(tiny_sdxl_vpred))
     field.press("Tab")
-    page.wait_for_selector("#lg-train-settings-message:has-text('SDXL base: took its defaults')", timeout=20_000)
+    page.wait_for_selector("#lg-train-settings-message:has-text('SDXL base: took its defaults for v_pred true')", timeout=20_000)
     assert textbox(page, "lg-set-resolution").input_value() == "1024"  # the form shows the XL notebook's values
+    assert page.locator("#lg-set-v_pred input[type=checkbox]").first.is_checked()
     page.screenshot(path=str(ARTIFACTS / f"train-sdxl-{app.label}.png"), full_page=True)
     for key, value in (("resolution", "512"), ("num_repeats", "1"), ("how_many", "2"), ("network_dim", "4"), ("network_alpha", "2"),
                        ("train_batch_size", "2")):
@@ -552,14 +565,18 @@ def test_an_sdxl_project_tags_trains_and_compares_from_the_page(app, browser, tm
         field.fill(value)
         field.press("Tab")
         page.wait_for_timeout(300)
-    page.wait_for_selector("#lg-train-calc:has-text('4 images x 1 repeat x 2 epochs')", timeout=20_000)
+    page.wait_for_selector(f"#lg-train-calc:has-text('{n} images x 1 repeat x 2 epochs')", timeout=20_000)
     page.click("#lg-train-start")
     page.wait_for_selector("#lg-train-status[data-state='done']", timeout=300_000)
     assert sorted(p.name for p in project.output_dir.glob("*.safetensors")) == ["xlwalk-01.safetensors", "xlwalk-02.safetensors"]
+    from lora_gradio.engine.train.saving import read_lora_metadata
+
+    meta = read_lora_metadata(project.output_dir / "xlwalk-02.safetensors")
+    assert meta["ss_base_model_version"] == "sdxl_base_v1-0" and meta["modelspec.prediction_type"] == "v"
 
     open_tab(page, "3. Test")
     page.wait_for_selector("#lg-compare-found:has-text('xlwalk-02')", timeout=30_000)
-    for key, value in (("weights", "0.5, 1"), ("steps", "2"), ("width", "512"), ("height", "512")):
+    for key, value in (("weights", "1"), ("steps", "2"), ("width", "512"), ("height", "512")):
         textbox(page, f"lg-compare-{key}").fill(value)
     page.click("#lg-compare-run")
     page.wait_for_selector("#lg-job[data-state='done']:has-text('Compare epochs')", timeout=180_000)

@@ -24,13 +24,15 @@ deterministic per post: `server.image_bytes(post, kind="original"|"sample"|"prev
 
 Per-post file faults (sets of post ids): `server.html_ids` (an HTML page with status 200 instead of the
 image), `server.missing_ids` (404), `server.truncated_ids` (Content-Length says more than is sent),
-`server.flaky_ids` (HTTP 500 the first time, then the image).
+`server.flaky_ids` (HTTP 500 the first time, then the image), `server.trickle_ids` (announces the whole image but
+sends one byte every `server.trickle_interval` seconds, for at most `server.trickle_max_s` seconds, then closes).
 
 API faults, switchable per test (attributes): `require_gelbooru_auth`, `single_object` (a Gelbooru page with one
 post comes as an object), `safebooru_file_url` (False: legacy Safebooru answers without file_url/sample_url),
 `danbooru_tag_limit` (2; anonymous searches with more tags get 422), and one-shot faults queued for the next
 API requests: `server.fail_next(status, retry_after=None, times=1)`, `server.truncate_next(times=1)`,
-`server.redirect_next(location, times=1)`.
+`server.redirect_next(location, times=1)`, `server.trickle_next(times=1)` (the answer's JSON one byte at a time,
+paced and bounded like `trickle_ids`).
 
 Tags understood: plain tags (all required), `-tag`, `id:<N`, `id:>N`, `rating:x`; `sort:`/`order:` and other
 metatags are accepted and ignored. Every post has `fake_tag`; `one_of_a_kind` is on exactly one post; `nothing_here`
@@ -113,7 +115,7 @@ def make_posts(n: int, seed: int = 0) -> list[FakePost]:
 
 @dataclass
 class _Fault:
-    kind: str  # "status", "truncate", "redirect"
+    kind: str  # "status", "truncate", "redirect", "trickle"
     status: int = 0
     retry_after: "str | None" = None
     location: str = ""
@@ -142,6 +144,9 @@ class BooruServer:
         self.missing_ids: set[int] = set()
         self.truncated_ids: set[int] = set()
         self.flaky_ids: set[int] = set()
+        self.trickle_ids: set[int] = set()
+        self.trickle_interval = 0.2  # seconds between two bytes of a trickled answer
+        self.trickle_max_s = 10.0  # a trickled answer closes after this long, whole or not
         self.requests: list[tuple[str, dict]] = []  # (path with query, headers) of every request
         self.file_requests: dict[str, int] = {}
         self._flaky_done: set[int] = set()
@@ -201,6 +206,10 @@ class BooruServer:
     def redirect_next(self, location: str, times: int = 1) -> None:
         with self._state.lock:
             self._state.faults += [_Fault("redirect", location=location)] * times
+
+    def trickle_next(self, times: int = 1) -> None:
+        with self._state.lock:
+            self._state.faults += [_Fault("trickle")] * times
 
     def _take_fault(self) -> "_Fault | None":
         with self._state.lock:
@@ -279,6 +288,9 @@ class BooruServer:
             _send(handler, fault.status, b'{"success": false, "message": "fault"}', "application/json", headers)
         elif fault.kind == "redirect":
             _send(handler, 302, b"", "text/plain", {"Location": fault.location})
+        elif fault.kind == "trickle":
+            _, body, ctype = api(handler, query)
+            self._trickle(handler, body, ctype)
         else:  # a complete HTTP answer whose JSON text is cut in the middle
             _, body, ctype = api(handler, query)
             _send(handler, 200, body[: max(1, len(body) // 2)], ctype)
@@ -408,10 +420,32 @@ class BooruServer:
             ctype = {"png": "image/png", "gif": "image/gif", "webp": "image/webp"}.get(post.ext if kind == "original" else "jpg", "image/jpeg")
             if kind == "original" and post.ext in ("webm", "mp4", "zip"):
                 ctype = "application/octet-stream"
-            if post.id in self.truncated_ids:
+            if post.id in self.trickle_ids:
+                self._trickle(handler, data, ctype)
+            elif post.id in self.truncated_ids:
                 _send(handler, 200, data, ctype, cut_at=len(data) // 2)
             else:
                 _send(handler, 200, data, ctype)
+
+    def _trickle(self, handler, body: bytes, ctype: str) -> None:
+        """All of `body` announced, one byte sent per `trickle_interval`; bounded by `trickle_max_s` and the
+        body's length, then the connection closes (a client that hangs up ends it at once)."""
+        handler.send_response(200)
+        handler.send_header("Content-Type", ctype)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.send_header("Connection", "close")
+        handler.end_headers()
+        handler.close_connection = True
+        end = time.monotonic() + self.trickle_max_s
+        try:
+            for byte in body:
+                handler.wfile.write(bytes([byte]))
+                handler.wfile.flush()
+                if time.monotonic() >= end:
+                    return
+                time.sleep(self.trickle_interval)
+        except OSError:
+            pass  # the client gave up
 
 
 def _send(handler: BaseHTTPRequestHandler, status: int, body: bytes, ctype: str, headers: "dict | None" = None, cut_at: "int | None" = None) -> None:

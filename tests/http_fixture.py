@@ -70,3 +70,31 @@ def send_bytes(data: bytes, content_type: str = "application/octet-stream", stat
         handler.wfile.write(body)
 
     return route
+
+
+def trickle(data: bytes, interval: float = 0.2, max_s: float = 8.0, content_type: str = "image/jpeg", started: "list | None" = None) -> Route:
+    """A route that announces all of `data` but sends one byte every `interval` seconds, for at most
+    `max_s` seconds and `len(data)` bytes (then it closes): a server that never quite stops sending.
+    `started` gets a time.monotonic() per request, so a test can wait until the trickle is on."""
+    import time
+
+    def route(handler: BaseHTTPRequestHandler) -> None:
+        if started is not None:
+            started.append(time.monotonic())
+        handler.send_response(200)
+        handler.send_header("Content-Type", content_type)
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        end = time.monotonic() + max_s
+        try:
+            for byte in data:
+                handler.wfile.write(bytes([byte]))
+                handler.wfile.flush()
+                if time.monotonic() >= end:
+                    break
+                time.sleep(interval)
+        except OSError:
+            pass  # the client hung up: what the tests want
+        handler.close_connection = True
+
+    return route

@@ -2,7 +2,11 @@
 
 The guide's notebook embeds every image with CLIP ViT-B/32, takes the raw cosine similarity
 of every pair, walks the images in order, keeps the first of each group and marks the others
-for deletion (threshold 0.985; 0.97 to 0.99 recommended). This module does the same, plus:
+for deletion (threshold 0.985; 0.97 to 0.99 recommended). This module groups the same way, plus:
+
+- the kept image of a group is its best copy, not the first name (`rank_copies`): the one with a
+  caption, then more pixels, then the lossless or the less compressed file, then a name that does
+  not look like a copy ("x (1).png", "x copy.png", "x_1.png" beside "x.png"), then name order;
 
 - md5 first: byte-identical copies are always grouped, whatever the threshold, and embedded once;
 - embeddings are cached in the project (keyed by md5 and model), so a re-run only embeds new
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -29,8 +34,8 @@ import numpy as np
 from PIL import Image  # already loaded by images.py
 
 from lora_gradio.engine.errors import UserError
-from lora_gradio.engine.fsutil import IMAGE_EXTENSIONS, atomic_path, atomic_write_text
-from lora_gradio.engine.images import UnreadableImage, dataset_folders, open_image
+from lora_gradio.engine.fsutil import CAPTION_EXTENSIONS, IMAGE_EXTENSIONS, atomic_path, atomic_write_text
+from lora_gradio.engine.images import UnreadableImage, open_image
 from lora_gradio.engine.parallel import WORKERS, prefetch
 from lora_gradio.engine.progress import Progress, first_few
 from lora_gradio.engine.project import Project
@@ -62,17 +67,41 @@ class DedupeResult:
     threshold: float
     model: str
     images: list[str] = field(default_factory=list)  # every image found, in walk order
-    groups: list[list[str]] = field(default_factory=list)  # first = kept, the rest marked by default
+    groups: list[list[str]] = field(default_factory=list)  # first = kept (the best copy), the rest marked by default
     scores: list[list[float]] = field(default_factory=list)  # per group: each member's cosine to the kept one (1.0 = exact copy)
     marked: set[str] = field(default_factory=set)  # to move to the trash on `apply_marks`
     unreadable: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): listed, never grouped
+    captions: dict[str, str] = field(default_factory=dict)  # image in a group -> its caption file, when it has one
 
     def summary(self) -> str:
         in_groups = sum(len(group) for group in self.groups)
         text = f"{in_groups} images in {len(self.groups)} duplicate groups; {len(self.marked)} marked for removal"
         if self.unreadable:
             text += f"; {len(self.unreadable)} unreadable: {first_few([path for path, _ in self.unreadable])}"
-        return f"{text} (of {len(self.images)} images, threshold {self.threshold:g})."
+        text = f"{text} (of {len(self.images)} images, threshold {self.threshold:g})."
+        staying = self.kept_of()
+        described = []
+        for rel in (rel for group in self.groups for rel in group if rel in self.marked):
+            kept = staying.get(rel)
+            keeping = f"keeping {kept} {self._with(kept)}" if kept else "the whole group is marked"
+            described.append(f"{rel} ({self._with(rel, 'no caption')}; {keeping})")
+        if described:
+            text += f" Marked: {first_few(described)}."
+        return text
+
+    def _with(self, rel: str, none: str = "without a caption") -> str:
+        caption = self.captions.get(rel)
+        return f"with {caption}" if caption else none
+
+    def kept_of(self) -> dict[str, str]:
+        """Path -> the image that stays in its group (the first one not marked), for the images in a
+        group that keeps one."""
+        staying: dict[str, str] = {}
+        for group in self.groups:
+            kept = next((path for path in group if path not in self.marked), None)
+            if kept is not None:
+                staying.update({path: kept for path in group if path != kept})
+        return staying
 
     def group_of(self) -> dict[str, int]:
         """Path -> index of its group, for the images that are in one."""
@@ -87,6 +116,7 @@ class DedupeResult:
             "scores": self.scores,
             "marked": sorted(self.marked),
             "unreadable": [list(item) for item in self.unreadable],
+            "captions": self.captions,
         }
 
     @classmethod
@@ -99,6 +129,7 @@ class DedupeResult:
             scores=[[float(s) for s in g] for g in data.get("scores", [])],
             marked=set(data.get("marked", [])),
             unreadable=[(str(p), str(r)) for p, r in data.get("unreadable", [])],
+            captions={str(k): str(v) for k, v in (data.get("captions") or {}).items()},
         )
 
 
@@ -108,12 +139,26 @@ class ApplyReport:
     sidecars: int = 0  # captions and latent caches moved with them
     missing: list[str] = field(default_factory=list)  # marked but already gone
     trash_batch: "str | None" = None
+    captions: dict[str, "str | None"] = field(default_factory=dict)  # moved image -> the caption moved with it (None: none)
+    kept: dict[str, str] = field(default_factory=dict)  # moved image -> the image of its group that stays
+    kept_captions: dict[str, "str | None"] = field(default_factory=dict)  # that kept image -> its caption
+
+    def describe(self, rel: str) -> str:
+        """`x (1).png without a caption (kept x.png with x.txt)`: what went, with which caption, and what stays."""
+        caption = self.captions.get(rel)
+        text = f"{rel} with {caption}" if caption else f"{rel} without a caption"
+        kept = self.kept.get(rel)
+        if kept:
+            kept_caption = self.kept_captions.get(kept)
+            text += f" (kept {kept} {'with ' + kept_caption if kept_caption else 'without a caption'})"
+        return text
 
     def summary(self) -> str:
         if not self.moved:
             text = "No marked images to move"
         else:
             text = f"Moved {len(self.moved)} image(s) and {self.sidecars} caption/cache file(s) to trash batch {self.trash_batch} (restore it from the trash)"
+            text += f": {first_few([self.describe(rel) for rel in self.moved])}"
         if self.missing:
             text += f"; {len(self.missing)} marked image(s) were already gone: {first_few(self.missing)}"
         return text + "."
@@ -135,13 +180,16 @@ def save_result(project: Project, result: DedupeResult) -> None:
 
 def load_result(project: Project) -> "DedupeResult | None":
     """The last saved result (with the person's marks), or None if duplicates were never searched."""
+    from lora_gradio.engine.fsutil import read_user_json
+
     try:
-        data = json.loads(result_file(project).read_text(encoding="utf-8"))
+        data = read_user_json(result_file(project), "The saved duplicate search", "search for duplicates again")
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as exc:
-        raise UserError(f"The saved duplicate search {result_file(project)} cannot be read ({exc}): search for duplicates again.") from None
-    return DedupeResult.from_json(data)
+    try:
+        return DedupeResult.from_json(data)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise UserError(f"The saved duplicate search {result_file(project)} is damaged: search for duplicates again.") from None
 
 
 def _require_result(project: Project) -> DedupeResult:
@@ -173,6 +221,11 @@ def find_duplicates(
     if int(batch_size) < 1:
         raise UserError(f"Batch size {batch_size} must be at least 1.")
     paths = list_images(project)
+    from lora_gradio.engine.images import list_dataset
+
+    notice = list_dataset(project).notice()
+    if notice:
+        progress.log(notice)
     rels = [_rel(project, p) for p in paths]
     digests = _file_hashes(project, paths, progress)
 
@@ -198,6 +251,19 @@ def find_duplicates(
     for index, digest in enumerate(digests):
         copies.setdefault(digest, []).append(index)
 
+    row_of = {digests[rep]: row for row, rep in enumerate(kept_reps)}  # digest -> its row of `vectors`
+    captions: dict[str, str] = {}
+
+    def best_first(indices: list[int]) -> list[int]:
+        """The group's best copy (see `rank_copies`) first, then the others in walk order."""
+        members = [rels[i] for i in indices]
+        for rel in members:
+            caption = caption_of(project, rel)
+            if caption:
+                captions[rel] = caption
+        kept = indices[members.index(rank_copies(project, members, captions)[0])]
+        return [kept, *sorted(i for i in indices if i != kept)]
+
     groups: list[list[str]] = []
     scores: list[list[float]] = []
     in_group: set[int] = set()
@@ -207,17 +273,23 @@ def find_duplicates(
             for index in copies[digests[kept_reps[member]]]:
                 group.append(index)
                 group_scores.append(score)  # a copy is as similar to the kept image as its original
-        order = sorted(range(len(group)), key=lambda k: group[k])
-        groups.append([rels[group[k]] for k in order])
-        scores.append([round(float(group_scores[k]), 5) for k in order])
+        score_of = dict(zip(group, group_scores))
+        order = best_first(group)
+        kept_digest = digests[order[0]]
+        if kept_digest != digests[kept_reps[members[0]]]:
+            # Another copy than the walk's first stays: each member's similarity is to that one.
+            kept_vector = vectors[row_of[kept_digest]]
+            score_of = {i: 1.0 if digests[i] == kept_digest else float(vectors[row_of[digests[i]]] @ kept_vector) for i in group}
+        groups.append([rels[i] for i in order])
+        scores.append([round(float(score_of[i]), 5) for i in order])
         in_group.update(group)
     for rep in kept_reps:  # exact copies that have no near-duplicate: a group of their own
         same = copies[digests[rep]]
         if len(same) > 1 and rep not in in_group:
-            groups.append([rels[i] for i in same])
+            groups.append([rels[i] for i in best_first(same)])
             scores.append([1.0] * len(same))
     position = _index_of(rels)
-    order = sorted(range(len(groups)), key=lambda g: position[groups[g][0]])
+    order = sorted(range(len(groups)), key=lambda g: min(position[p] for p in groups[g]))
     groups = [groups[g] for g in order]
     scores = [scores[g] for g in order]
 
@@ -229,6 +301,7 @@ def find_duplicates(
         scores=scores,
         marked={path for group in groups for path in group[1:]},
         unreadable=unreadable,
+        captions=captions,
     )
     save_result(project, result)
     progress.update(len(rels), len(rels), "Grouping near-duplicates")
@@ -239,14 +312,72 @@ def _index_of(items: list[str]) -> dict[str, int]:
     return {item: index for index, item in enumerate(items)}
 
 
+# Which copy stays -----------------------------------------------------------------------------
+
+# Formats whose file size says something about quality (more bytes, less compression loss).
+_LOSSY_EXTENSIONS = {".jpg", ".jpeg", ".webp"}
+# Names that file managers and browsers give copies: "x (1)", "x(2)", "x copy", "x copy 2", "x - Copy (2)".
+_COPY_SUFFIX = re.compile(r"(?:\s*\(\d+\)|\s*-\s*copy(?:\s*\(\d+\))?|[\s_]+copy(?:[\s_]*\d+)?)$", re.IGNORECASE)
+# "x_1", "x-2": a copy only beside "x" itself (img_001 ... img_100 are not copies of each other).
+_NUMBERED = re.compile(r"^(.+?)[_-]\d+$")
+
+
+def caption_of(project: Project, rel_path: str) -> "str | None":
+    """The caption file (relative to the dataset folder) of an image, or None: none, or only an empty one."""
+    image = _resolve(project, rel_path)
+    for ext in CAPTION_EXTENSIONS:
+        caption = image.with_suffix(ext)
+        try:
+            if caption.is_file() and caption.read_text(encoding="utf-8", errors="replace").strip():
+                return _rel(project, caption)
+        except OSError:
+            continue
+    return None
+
+
+def _looks_like_copy(stem: str, stems: set[str]) -> bool:
+    if _COPY_SUFFIX.search(stem):
+        return True
+    numbered = _NUMBERED.match(stem)
+    return bool(numbered and numbered.group(1) in stems)
+
+
+def rank_copies(project: Project, rel_paths: list[str], captions: "dict[str, str] | None" = None) -> list[str]:
+    """Copies of one picture, the one to keep first: a readable image; with a caption; more pixels;
+    lossless (PNG) before a lossy re-encode, and among lossy ones the larger (less compressed) file;
+    a name that does not look like a copy; then name order.
+
+    `captions` (path -> caption file) saves reading them again; without it they are looked up.
+    """
+    if captions is None:
+        captions = {rel: c for rel in rel_paths if (c := caption_of(project, rel))}
+    stems = {PurePosixPath(rel).stem for rel in rel_paths}
+
+    def key(rel: str) -> tuple:
+        path = _resolve(project, rel)
+        try:
+            size = path.stat().st_size
+        except OSError:
+            size = 0
+        try:
+            with Image.open(path) as image:
+                pixels = image.width * image.height
+        except Exception:  # noqa: BLE001 - unreadable, whatever the reason: never the one to keep
+            pixels = 0
+        lossy = path.suffix.lower() in _LOSSY_EXTENSIONS
+        looks_copied = _looks_like_copy(PurePosixPath(rel).stem, stems)
+        # Ascending: the best copy sorts first.
+        return (pixels == 0, not captions.get(rel), -pixels, lossy, -size if lossy else 0, looks_copied, rel)
+
+    return sorted(rel_paths, key=key)
+
+
 def list_images(project: Project) -> list[Path]:
-    """Every image file of the dataset (its folder and direct subfolders), in walk order."""
-    found: list[Path] = []
-    for folder in dataset_folders(project):
-        found.extend(
-            sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file())
-        )
-    return found
+    """Every image file of the dataset (its folder and direct subfolders), in walk order; links are
+    skipped, as every stage skips them (images.list_dataset)."""
+    from lora_gradio.engine.images import list_dataset
+
+    return [p for p in list_dataset(project).all_files() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")]
 
 
 def _rel(project: Project, path: Path) -> str:
@@ -261,7 +392,12 @@ def _resolve(project: Project, rel_path: str) -> Path:
     rel = PurePosixPath(str(rel_path))
     if not rel.parts or rel.is_absolute() or ".." in rel.parts or "\\" in str(rel_path) or ":" in rel.parts[0]:
         raise UserError(f"{rel_path!r} is not a path inside the dataset folder {project.dataset_dir}.")
-    return project.dataset_dir / rel
+    from lora_gradio.engine.fsutil import link_on_path
+
+    path = project.dataset_dir / rel
+    if link_on_path(path, project.dataset_root) is not None:
+        raise UserError(f"{rel_path!r} is reached through a link: the dataset tools do not follow links; nothing was moved.")
+    return path
 
 
 def group_embeddings(embeddings: np.ndarray, threshold: float, block: int = _GROUP_BLOCK) -> list[tuple[list[int], list[float]]]:
@@ -613,6 +749,7 @@ def apply_marks(project: Project, progress: "Progress | None" = None) -> ApplyRe
     report = ApplyReport()
     present: list[Path] = []
     position = _index_of(result.images)
+    kept_of = result.kept_of()
     for rel in sorted(result.marked, key=lambda p: (position.get(p, len(position)), p)):
         path = _resolve(project, rel)
         if path.is_file():
@@ -623,11 +760,19 @@ def apply_marks(project: Project, progress: "Progress | None" = None) -> ApplyRe
     progress.update(0, len(present), "Moving marked images to the trash")
     if present:
         progress.check_cancel()
+        captions_before = {rel: [path.with_suffix(ext) for ext in CAPTION_EXTENSIONS if path.with_suffix(ext).is_file()] for rel, path in zip(report.moved, present)}
         batch = move_to_trash(project, present, reason=TRASH_REASON, with_sidecars=True)
         report.trash_batch = batch.id
         report.sidecars = len(batch.items) - len(present)
         for rel in report.moved:
-            progress.log(f"trashed {rel}")
+            # The caption that went with it (one that another image shares stays, see trash.py).
+            moved = [caption for caption in captions_before[rel] if not caption.exists()]
+            report.captions[rel] = _rel(project, moved[0]) if moved else None
+            kept = kept_of.get(rel)
+            if kept:
+                report.kept[rel] = kept
+                report.kept_captions.setdefault(kept, caption_of(project, kept))
+            progress.log(f"trashed {report.describe(rel)}")
     _forget(project, result, set(report.moved) | set(report.missing))
     progress.update(len(present), len(present), "Moving marked images to the trash")
     return report

@@ -25,12 +25,14 @@ from urllib.parse import urlencode, urlsplit
 
 import requests
 
-from lora_gradio.engine.errors import UserError
+from lora_gradio.engine.downloader import GuardedAdapter, StreamAborted, TransferGuard
+from lora_gradio.engine.errors import Cancelled, UserError
 from lora_gradio.engine.fsutil import atomic_path, atomic_write_text
 from lora_gradio.engine.progress import Progress
 
 USER_AGENT = "lora_gradio/0.1 (+LoRA dataset tool)"
-TIMEOUT = (10, 30)  # connect, read (seconds)
+TIMEOUT = (10, 30)  # connect, read (seconds): each wait for the next bytes
+API_DEADLINE_S = 60.0  # one API answer, whole: a server that trickles bytes is cut off here
 SITES = ("gelbooru", "safebooru", "danbooru")
 GELBOORU_ACCOUNT_PAGE = "https://gelbooru.com/index.php?page=account&s=options"
 DANBOORU_API_KEY_PAGE = "https://danbooru.donmai.us/profile (API Key section)"
@@ -136,8 +138,12 @@ def _refuse_odd_redirects(response: requests.Response, *args, **kwargs) -> None:
 
 
 def make_session() -> requests.Session:
-    """A session with a descriptive User-Agent that refuses redirects to non-http(s) URLs."""
+    """A session with a descriptive User-Agent that refuses redirects to non-http(s) URLs, whose
+    requests a `TransferGuard` can abort at any point (a deadline, a cancel)."""
     session = requests.Session()
+    adapter = GuardedAdapter()
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
     session.headers["User-Agent"] = USER_AGENT
     session.hooks["response"].append(_refuse_odd_redirects)
     return session
@@ -171,7 +177,8 @@ class BooruClient:
     page_size = 100
 
     def __init__(self, base_url: "str | None" = None, *, page_delay: float = 0.1, retries: int = 4, backoff: float = 1.0,
-                 max_wait: float = 60.0, timeout: tuple[float, float] = TIMEOUT, session: "requests.Session | None" = None):
+                 max_wait: float = 60.0, timeout: tuple[float, float] = TIMEOUT, session: "requests.Session | None" = None,
+                 deadline: float = API_DEADLINE_S):
         self.base_url = (base_url or self.default_base_url).rstrip("/")
         scheme = urlsplit(self.base_url).scheme.lower()
         if scheme not in ("http", "https") or not urlsplit(self.base_url).netloc:
@@ -181,6 +188,7 @@ class BooruClient:
         self.backoff = backoff
         self.max_wait = max_wait
         self.timeout = timeout
+        self.deadline = deadline  # seconds for one answer, whole (a session of make_session() is cut off in time)
         self.session = session or make_session()
 
     def __repr__(self) -> str:  # never shows credentials
@@ -239,6 +247,20 @@ class BooruClient:
                 return
             time.sleep(min(left, 0.25))
 
+    def _fetch(self, url: str, params: dict[str, Any], progress: Progress) -> requests.Response:
+        """One GET, whole, under the answer's deadline and the cancel check: a server that sends a
+        byte now and then cannot hold the search (nor a cancel) longer than that."""
+        guard = TransferGuard(deadline_s=self.deadline, cancel=progress.cancelled)
+        with guard:
+            try:
+                response = self.session.get(url, params=params, timeout=self.timeout, auth=self._auth())
+            except requests.RequestException:
+                guard.raise_if_tripped()
+                raise
+            guard.raise_if_tripped()  # an answer cut by the guard may look whole (no Content-Length)
+            guard.detach_all()
+            return response
+
     def _get(self, path: str, params: dict[str, Any], tags: str, progress: Progress) -> requests.Response:
         """GET with retries on 429, 5xx and connection errors; any other failure becomes a `UserError`."""
         url = self.base_url + path
@@ -247,7 +269,13 @@ class BooruClient:
         for attempt in range(self.retries + 1):
             progress.check_cancel()
             try:
-                response = self.session.get(url, params=params, timeout=self.timeout, auth=self._auth())
+                response = self._fetch(url, params, progress)
+            except StreamAborted as exc:
+                if exc.why == "cancel":
+                    raise Cancelled("cancelled by the user") from None
+                last_problem = "deadline"
+                wait = self.backoff * 2 ** attempt
+                problem = exc.reason
             except _BadRedirect as exc:
                 raise UserError(f"{self.name} redirected to '{self.mask(exc.location)}', which is not an http(s) address: check --base-url (only http and https are followed).") from None
             except requests.exceptions.TooManyRedirects:
@@ -275,6 +303,8 @@ class BooruClient:
                 self._pause(wait, progress)
         if last_problem == "connection":
             raise UserError(f"cannot reach {self.host} ({self.name}): check your connection, or --base-url, and try again.")
+        if last_problem == "deadline":
+            raise UserError(f"{self.name} took longer than {self.deadline:g} s to answer, {self.retries + 1} times ({shown}): the site is very slow or stuck; try again later.")
         if last_problem == "HTTP 429":
             raise UserError(f"{self.name} kept answering 'too many requests' (HTTP 429) after {self.retries + 1} tries: wait a few minutes and run again.")
         raise UserError(f"{self.name} kept failing ({last_problem}) after {self.retries + 1} tries: the site may be down, try again later.")
@@ -644,13 +674,13 @@ def credentials_path() -> Path:
 def _read_all_credentials() -> dict[str, dict[str, str]]:
     import tomllib
 
+    from lora_gradio.engine.fsutil import read_user_toml
+
     path = credentials_path()
-    if not path.is_file():
-        return {}
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError):
-        raise UserError(f"The credentials file {path} is not valid TOML: fix or delete it and enter the keys again.") from None
+        data = read_user_toml(path, "The credentials file", "delete it and enter the keys again")
+    except FileNotFoundError:
+        return {}
     return {site: {k: str(v) for k, v in values.items()} for site, values in data.items() if isinstance(values, dict)}
 
 

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from lora_gradio.engine.errors import UserError
-from lora_gradio.engine.fsutil import atomic_write_text
+from lora_gradio.engine.fsutil import atomic_write_text, parse_json_lines
 from lora_gradio.engine.progress import Progress, first_few
 from lora_gradio.engine.project import Project
 from lora_gradio.engine.settings_model import SettingsBase, to_dict, validate
@@ -105,13 +105,16 @@ def preview_search(settings: ScrapeSettings, credentials: "dict | None" = None, 
 
 def scrape_project(project: Project, settings: "dict | None" = None, credentials: "dict | None" = None, progress: "Progress | None" = None) -> ScrapeReport:
     """Search, save the URL list, download what is missing, keep each post's record."""
-    from lora_gradio.engine.downloader import DownloadItem, download_all
+    from lora_gradio.engine.downloader import PARTIAL_FOLDER, DownloadItem, download_all
     from lora_gradio.engine.scrape import collect, save_url_list
 
     progress = progress or Progress()
     chosen = validate(ScrapeSettings, settings, where="scrape: ") if settings is not None else load_scrape_settings(project)
     if not chosen.tags.strip():
         raise UserError("No tags to search for: give some, e.g. --tags \"1girl solo -sex\".")
+    from lora_gradio.engine.archive import refuse_linked_dataset
+
+    refuse_linked_dataset(project)  # nothing is downloaded through a link
     client = client_for(chosen, credentials)
     report = ScrapeReport(site=chosen.site, tags=chosen.tags)
     progress.update(0, None, f"searching {chosen.site}")
@@ -122,7 +125,8 @@ def scrape_project(project: Project, settings: "dict | None" = None, credentials
     folder = project.config_dir / SCRAPE_FOLDER
     save_url_list(folder / f"urls-{chosen.site}.txt", found.posts)
     items = [DownloadItem(url=post.file_url, filename=f"{post.md5}.{post.ext}", md5=post.md5, meta={"post": post}) for post in found.posts]
-    result = download_all(items, project.dataset_dir, progress=progress, record_path=folder / "downloaded.jsonl")
+    # Files still arriving wait in _scrape/partial (outside the dataset) and move in only when whole.
+    result = download_all(items, project.dataset_dir, progress=progress, record_path=folder / "downloaded.jsonl", partial_dir=folder / PARTIAL_FOLDER)
     report.downloaded, report.already_had, report.failed = len(result.downloaded), len(result.skipped_existing), list(result.failed)
     # The names files really got (a taken name gets " (2)"; an earlier run's name is kept).
     saved = [(post, result.saved_as[post.file_url]) for post in found.posts if post.file_url in result.saved_as]
@@ -135,13 +139,13 @@ def scrape_project(project: Project, settings: "dict | None" = None, credentials
 def _record_posts(path, saved) -> None:
     """One line per post (id, md5, source, tags...), merged with what earlier runs recorded."""
     records: dict[str, dict] = {}
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                entry = json.loads(line)
-                records[entry["md5"]] = entry
-            except (ValueError, KeyError):
-                continue
+    try:
+        earlier = parse_json_lines(path.read_bytes())  # NUL padding, torn lines and stray bytes are skipped
+    except (FileNotFoundError, IsADirectoryError):
+        earlier = []
+    for entry in earlier:
+        if isinstance(entry.get("md5"), str):
+            records[entry["md5"]] = entry
     for post, filename in saved:
         records[post.md5] = {"site": post.site, "id": post.id, "md5": post.md5, "source": post.source, "rating": post.rating, "score": post.score, "tags": post.tags, "post_url": post.post_url, "file": filename}
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records.values()))

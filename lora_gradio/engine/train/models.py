@@ -197,50 +197,49 @@ def _file_name(url: str, response: Any) -> str:
     return name
 
 
+# Base models are big: a whole download may take hours, but it must keep moving (a stall or a trickle
+# stops it, and the next run resumes the `.part` file).
+MODEL_DEADLINE_S = 6 * 3600.0
+MODEL_MIN_RATE = 16 * 1024.0  # bytes/s, averaged over MODEL_RATE_WINDOW_S
+MODEL_RATE_WINDOW_S = 60.0
+
+
 def download_model(url: str, models_dir: Path, progress: "Progress | None" = None, chunk: int = 1 << 16) -> Path:
     """Download `url` into `models_dir`, resuming a partial `.part` file; return the checked file.
 
     A finished file is reused. An HTML page, a 401/403/404 or a truncated download gets one
-    clear message and never lands under the final name.
+    clear message and never lands under the final name. The download has an overall deadline and a
+    minimum rate, and a cancel stops it within a second, even while the server sends nothing.
     """
-    import requests
+    from lora_gradio.engine.downloader import StreamFailed, open_url, stream_to_file
 
     progress = progress or Progress()
     models_dir.mkdir(parents=True, exist_ok=True)
     shown = re.sub(r"token=[^&]+", "token=***", url)
     try:
-        head = requests.get(url, stream=True, timeout=30, allow_redirects=True)
-    except requests.RequestException as exc:
-        raise UserError(f"Cannot reach {shown} ({type(exc).__name__}): check the link and your internet connection.") from None
-    with head:
-        _raise_for_status(head, shown)
-        name = _file_name(url, head)
-        target = models_dir / name
-        if target.is_file():
-            check_model_file(target)
-            progress.log(f"using {target} (already downloaded)")
-            return target
-        _refuse_html(head.headers.get("content-type", ""), shown)
+        with open_url(url, timeout=30, deadline_s=120, cancel=progress.cancelled) as head:
+            _raise_for_status(head, shown)
+            name = _file_name(url, head)
+            target = models_dir / name
+            if target.is_file():
+                check_model_file(target)
+                progress.log(f"using {target} (already downloaded)")
+                return target
+            _refuse_html(head.headers.get("content-type", ""), shown)
+    except StreamFailed as exc:
+        raise UserError(f"Cannot reach {shown} ({exc.reason}): check the link and your internet connection.") from None
     part = target.with_name(target.name + ".part")
-    start = part.stat().st_size if part.exists() else 0
-    headers = {"Range": f"bytes={start}-"} if start else {}
-    done, total = start, None
+
+    def report(done: int, total: "int | None") -> None:
+        progress.update(done >> 20, (total >> 20) if total else None, f"downloading {name} (MB)")
+
     try:
-        with requests.get(url, stream=True, timeout=30, headers=headers) as response:
-            _raise_for_status(response, shown)
-            if start and response.status_code != 206:
-                start = done = 0  # the server ignored the range: start over
-            total = start + int(response.headers.get("content-length") or 0) or None
-            with open(part, "ab" if start else "wb") as out:
-                for data in response.iter_content(chunk):
-                    progress.check_cancel()
-                    out.write(data)
-                    done += len(data)
-                    progress.update(done >> 20, (total >> 20) if total else None, f"downloading {name} (MB)")
-    except requests.RequestException as exc:
-        raise UserError(f"The download of {name} broke off at {done:,} bytes ({type(exc).__name__}): run again to resume it.") from None
-    if total and done != total:
-        raise UserError(f"The download of {name} stopped at {done:,} of {total:,} bytes: run again to resume it.")
+        stream_to_file(url, part, resume=True, timeout=30, deadline_s=MODEL_DEADLINE_S, min_rate=MODEL_MIN_RATE,
+                       rate_window_s=MODEL_RATE_WINDOW_S, cancel=progress.cancelled,
+                       check=lambda response: _raise_for_status(response, shown), on_progress=report, chunk=chunk)
+    except StreamFailed as exc:
+        progress.check_cancel()  # a cancel is a cancel, not a failed download
+        raise UserError(f"The download of {name} stopped at {exc.received:,} bytes ({exc.reason}): run again to resume it.") from None
     check_model_file(part, shown_name=name)
     move_file(part, target)
     return target

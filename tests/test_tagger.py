@@ -401,3 +401,17 @@ def test_cli_tag_with_a_preset_passes_it_to_the_engine(tmp_path, monkeypatch, ca
     assert cli.main(["--root", str(tmp_path / "Loras"), "tag", "p", "--preset", "sdxl", "--background"]) == 0
     [(func, kwargs, background)] = calls
     assert func.endswith(":tag_images") and background and kwargs["models"][0] == "SmilingWolf/wd-eva02-large-tagger-v3"
+
+
+def test_overwriting_captions_is_one_undoable_edit(project, wd):
+    """Re-tagging with overwrite replaces captions a person may have edited: `tags --undo` brings them back."""
+    from lora_gradio.engine.tags import undo
+
+    red = solid(project.dataset_dir / "red.png", RED)
+    red.with_suffix(".txt").write_text("my_char, hand-written tags", encoding="utf-8")
+    fresh = solid(project.dataset_dir / "blue.png", BLUE)  # no caption yet: written directly
+    report = tag_images(project, [wd], existing="overwrite")
+    assert sorted(report.tagged) == ["blue.png", "red.png"] and tags_of(red)[0] == "red theme"
+    undo(project)
+    assert red.with_suffix(".txt").read_text(encoding="utf-8") == "my_char, hand-written tags"
+    assert fresh.with_suffix(".txt").exists()

@@ -5,6 +5,9 @@ symlinks, or a decompression bomb. We check every member before writing anything
 only images and captions into a temporary folder beside the dataset (same file system), and
 only then move the files into place, never over an existing file. Any error removes the
 temporary folder and whatever was already placed, so the dataset is left as it was.
+Nothing is written through a link in the dataset (see `fsutil.folder_entries`): a zip folder that
+lands on a linked dataset folder is skipped with a message, and a NAME/SUB project whose SUB is a
+link takes no files.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from lora_gradio.engine.errors import Cancelled, UserError
-from lora_gradio.engine.fsutil import CAPTION_EXTENSIONS, IMAGE_EXTENSIONS, SIDECAR_EXTENSIONS
+from lora_gradio.engine.fsutil import CAPTION_EXTENSIONS, IMAGE_EXTENSIONS, SIDECAR_EXTENSIONS, is_link, link_on_path
 from lora_gradio.engine.progress import Progress, first_few
 from lora_gradio.engine.project import Project
 
@@ -84,6 +87,7 @@ def extract_zip(
     progress = progress or Progress()
     report = AddReport()
     zip_path = Path(zip_path)
+    refuse_linked_dataset(project)
     with _open_zip(zip_path) as archive:
         infos = archive.infolist()
         if len(infos) > MAX_MEMBERS:
@@ -91,6 +95,7 @@ def extract_zip(
         for info in infos:
             _check_member_safety(info, zip_path.name)
         members = _select_members(infos, report, flatten=project.subfolder is not None)
+        members = _skip_linked_folders(members, project.dataset_dir, report)
         staging_parent = project.dataset_root.parent
         _check_sizes(members, zip_path.name, max_total_bytes, _existing_ancestor(staging_parent))
         target = project.dataset_dir
@@ -175,6 +180,27 @@ def _select_members(infos: list[zipfile.ZipInfo], report: AddReport, flatten: bo
             continue
         selected.append(member)
     return selected
+
+
+LINK_REASON = "the tools do not write through links in the dataset; copy the real files into the dataset folder instead"
+
+
+def refuse_linked_dataset(project: Project) -> None:
+    """Refuse to add files to a NAME/SUB project whose SUB (or a folder on the way) is a link."""
+    link = link_on_path(project.dataset_dir, project.dataset_root) if project.subfolder else None
+    if link is not None:
+        raise UserError(f"The dataset folder {project.dataset_dir} is a link: {LINK_REASON}. Nothing was added.")
+
+
+def _skip_linked_folders(members: list[_Member], target: Path, report: AddReport) -> list[_Member]:
+    """Members bound for a dataset subfolder that is a link are skipped (they would land outside)."""
+    kept = []
+    for member in members:
+        if member.folder and is_link(target / member.folder):
+            report.skipped.append((member.info.filename, f"the dataset folder {member.folder!r} is a link: {LINK_REASON}"))
+        else:
+            kept.append(member)
+    return kept
 
 
 def _check_sizes(members: list[_Member], zip_name: str, max_total_bytes: int, target: Path) -> None:

@@ -2,14 +2,15 @@
 
 Every function works on a project's dataset folder (`project.dataset_dir`) and its direct
 subfolders (the notebook's per-folder datasets), skipping folders whose names start with
-'_' or '.'. Nothing is deleted: replaced originals and junk files go to one trash batch per
-run, so the whole run can be undone with `trash.restore`.
+'_' or '.'. Links inside the dataset (to files or folders) are skipped and named once in the
+run's message, never read or written through (see `fsutil.folder_entries`). Nothing is deleted:
+replaced originals and junk files go to one trash batch per run, so the whole run can be undone
+with `trash.restore`.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from collections import defaultdict
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -22,8 +23,12 @@ from lora_gradio.engine.errors import Cancelled, UserError
 from lora_gradio.engine.fsutil import (
     CAPTION_EXTENSIONS,
     SIDECAR_EXTENSIONS,
+    _new_temp_file,
     atomic_path,
+    folder_entries,
     is_image_file,
+    link_on_path,
+    links_notice,
 )
 from lora_gradio.engine.parallel import WORKERS
 from lora_gradio.engine.progress import Progress, first_few
@@ -130,22 +135,74 @@ def _sixteen_bit_to_l(img: Image.Image) -> Image.Image:
 # Walking the dataset -----------------------------------------------------------------------------
 
 
-def dataset_folders(project: Project) -> list[Path]:
-    """The dataset folder and its direct subfolders, minus the tool's own ('_x') and hidden ones."""
+@dataclass
+class DatasetListing:
+    """What the dataset holds, links set apart: the one listing every stage walks.
+
+    `folders`: the dataset folder and its direct real subfolders, minus the tool's own ('_x') and
+    hidden ones; `files`: each folder's plain files, sorted; `links`: the links found in them (to files
+    or folders, broken ones too), which no stage reads or writes through.
+    """
+
+    root: Path  # the whole dataset (shared by NAME and NAME/SUB): what link names are relative to
+    folders: list[Path] = field(default_factory=list)
+    files: dict[Path, list[Path]] = field(default_factory=dict)
+    links: list[Path] = field(default_factory=list)
+
+    def all_files(self) -> list[Path]:
+        return [path for folder in self.folders for path in self.files.get(folder, [])]
+
+    def notice(self) -> str:
+        """The one message naming the skipped links ('' when there are none)."""
+        return links_notice(self.links, self.root)
+
+
+def list_dataset(project: Project) -> DatasetListing:
+    """The dataset's folders and files with links set apart (see `fsutil.folder_entries` for the rule).
+
+    A NAME/SUB project whose SUB is a link has no folders: SUB is a link inside NAME's dataset.
+    """
     top = project.dataset_dir
+    listing = DatasetListing(root=project.dataset_root)
+    linked = link_on_path(top, project.dataset_root) if project.subfolder else None
+    if linked is not None:
+        listing.links.append(linked)
+        return listing
     if not top.is_dir():
-        return []
-    subfolders = sorted(p for p in top.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
-    return [top, *subfolders]
+        return listing
+    entries = folder_entries(top)
+    listing.folders = [top, *(p for p in entries.folders if not p.name.startswith(("_", ".")))]
+    listing.files[top] = entries.files
+    links = list(entries.links)
+    for folder in listing.folders[1:]:
+        inner = folder_entries(folder)
+        listing.files[folder] = inner.files
+        links.extend(inner.links)
+    listing.links = sorted(links)
+    return listing
+
+
+def dataset_folders(project: Project) -> list[Path]:
+    """The dataset folder and its direct subfolders, minus the tool's own ('_x'), hidden and linked ones."""
+    return list_dataset(project).folders
+
+
+def dataset_links(project: Project) -> list[Path]:
+    """The links inside the dataset, which every stage skips."""
+    return list_dataset(project).links
+
+
+def dataset_links_notice(project: Project) -> str:
+    """The message naming the dataset's links and saying to copy the real files in ('' if none)."""
+    return list_dataset(project).notice()
 
 
 def _files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file())
+    return folder_entries(folder).files
 
 
 def _dataset_files(project: Project) -> Iterator[Path]:
-    for folder in dataset_folders(project):
-        yield from _files(folder)
+    yield from list_dataset(project).all_files()
 
 
 def _is_caption(path: Path) -> bool:
@@ -167,6 +224,7 @@ class FolderCount:
     images_without_caption: int = 0
     captions_without_image: int = 0
     other_files: int = 0  # neither image nor sidecar: what `clean_dataset` would trash
+    links: int = 0  # links to files or folders: skipped by every stage (see `dataset_links_notice`)
 
     def label(self, project: Project) -> str:
         """The folder as the picker names it: the project's name, or NAME/SUB for a subfolder."""
@@ -181,14 +239,16 @@ class FolderCount:
             out.images_without_caption += count.images_without_caption
             out.captions_without_image += count.captions_without_image
             out.other_files += count.other_files
+            out.links += count.links
         return out
 
 
 def count_dataset(project: Project) -> list[FolderCount]:
     """Images and captions per folder, from file names only (no decoding: instant on 10k files)."""
     counts: list[FolderCount] = []
-    for folder in dataset_folders(project):
-        files = _files(folder)
+    listing = list_dataset(project)
+    for folder in listing.folders:
+        files = listing.files[folder]
         image_stems = {p.stem for p in files if is_image_file(p)}
         caption_stems = {p.stem for p in files if _is_caption(p)}
         count = FolderCount(folder=folder.relative_to(project.dataset_dir).as_posix())
@@ -201,6 +261,7 @@ def count_dataset(project: Project) -> list[FolderCount]:
                 count.captions_without_image += path.stem not in image_stems
             elif not _is_sidecar(path):
                 count.other_files += 1
+        count.links = sum(1 for link in listing.links if link.parent == folder)
         counts.append(count)
     return counts
 
@@ -208,9 +269,10 @@ def count_dataset(project: Project) -> list[FolderCount]:
 def find_stem_clashes(project: Project) -> list[list[Path]]:
     """Groups of images in one folder sharing a stem: they would share one caption file."""
     clashes: list[list[Path]] = []
-    for folder in dataset_folders(project):
+    listing = list_dataset(project)
+    for folder in listing.folders:
         by_stem: dict[str, list[Path]] = defaultdict(list)
-        for path in _files(folder):
+        for path in listing.files[folder]:
             if is_image_file(path):
                 by_stem[path.stem].append(path)
         clashes.extend(sorted(group) for group in by_stem.values() if len(group) > 1)
@@ -272,6 +334,7 @@ class HygieneReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     trash_batch: str | None = None
     trashed: str = "originals in trash batch"  # how `summary` names the trash batch
+    links_notice: str = ""  # the links the run skipped, named once (see `DatasetListing.notice`)
 
     def summary(self) -> str:
         text = f"{self.action}: {len(self.changed)} file(s)"
@@ -279,7 +342,18 @@ class HygieneReport:
             text += f" ({self.trashed} {self.trash_batch})"
         if self.skipped:
             text += f"; skipped {len(self.skipped)}: {first_few([f'{path}: {reason}' for path, reason in self.skipped])}"
-        return text + "."
+        text += "."
+        return f"{text} {self.links_notice}" if self.links_notice else text
+
+
+def _note_links(listing: DatasetListing, progress: Progress, report: "HygieneReport | None" = None) -> str:
+    """Say once which links the run skips: in the log now, and in the report's summary."""
+    notice = listing.notice()
+    if notice:
+        progress.log(notice)
+        if report is not None:
+            report.links_notice = notice
+    return notice
 
 
 def _skip(report: HygieneReport, progress: Progress, rel: str, reason: str) -> None:
@@ -298,17 +372,22 @@ class Unreadable(list):
     """(path, reason) of the images that do not decode, with a one-line summary for the job panel."""
 
     checked: int = 0
+    links_notice: str = ""
 
     def summary(self) -> str:
         if not self:
-            return f"All {self.checked} images decode."
-        return f"{len(self)} of {self.checked} images cannot be read: {first_few([f'{p.name} ({why})' for p, why in self])}. Move them out with the trash or replace them."
+            text = f"All {self.checked} images decode."
+        else:
+            text = f"{len(self)} of {self.checked} images cannot be read: {first_few([f'{p.name} ({why})' for p, why in self])}. Move them out with the trash or replace them."
+        return f"{text} {self.links_notice}" if self.links_notice else text
 
 
 def check_images(project: Project, progress: Progress | None = None) -> Unreadable:
     """Decode every image; return the unreadable ones with a reason, sorted by path."""
     progress = progress or Progress()
-    images = [p for p in _dataset_files(project) if is_image_file(p)]
+    listing = list_dataset(project)
+    notice = _note_links(listing, progress)
+    images = [p for p in listing.all_files() if is_image_file(p)]
     bad: list[tuple[Path, str]] = []
     for path, _, error in _parallel(images, _decode_only, progress, "Checking images"):
         if error is not None:
@@ -316,6 +395,7 @@ def check_images(project: Project, progress: Progress | None = None) -> Unreadab
             progress.log(f"unreadable {path.name}: {_reason(error)}")
     result = Unreadable(sorted(bad))
     result.checked = len(images)
+    result.links_notice = notice
     return result
 
 
@@ -335,10 +415,15 @@ def convert_png_to_jpeg(project: Project, quality: int = JPEG_QUALITY, progress:
     """
     progress = progress or Progress()
     report = HygieneReport(action="Converted PNG to JPEG")
+    listing = list_dataset(project)
+    _note_links(listing, progress, report)
+    linked = set(listing.links)
     pngs: list[Path] = []
-    for folder in dataset_folders(project):
-        files = _files(folder)
-        jpeg_stems = {p.stem for p in files if p.suffix.lower() in (".jpg", ".jpeg")}
+    for folder in listing.folders:
+        files = listing.files[folder]
+        # A linked JPEG holds its name too: converting must not replace the link.
+        names = files + [link for link in linked if link.parent == folder]
+        jpeg_stems = {p.stem for p in names if p.suffix.lower() in (".jpg", ".jpeg")}
         for path in files:
             if path.suffix.lower() != ".png":
                 continue
@@ -356,10 +441,14 @@ def convert_png_to_jpeg(project: Project, quality: int = JPEG_QUALITY, progress:
 
     batch = new_batch(project, "converted PNG to JPEG")
     for path, target, error in _parallel(pngs, convert, progress, "Converting PNG to JPEG"):
+        if error is None:
+            try:  # one file the trash refuses must not stop the run half way
+                add_to_batch(project, batch, [path], with_sidecars=False)
+            except Exception as exc:
+                error = exc
         if error is not None:
             _skip(report, progress, _rel(project, path), _reason(error))
         else:
-            add_to_batch(project, batch, [path], with_sidecars=False)
             report.trash_batch = batch.id
             report.changed.append(_rel(project, target))
     report.changed.sort()
@@ -380,7 +469,9 @@ def shrink_large_images(project: Project, max_megabytes: float = 2.0, progress: 
     progress = progress or Progress()
     report = HygieneReport(action="Shrunk large images")
     limit = int(max_megabytes * 1024 * 1024)
-    large = [p for p in _dataset_files(project) if is_image_file(p) and p.stat().st_size > limit]
+    listing = list_dataset(project)
+    _note_links(listing, progress, report)
+    large = [p for p in listing.all_files() if is_image_file(p) and _size(p) > limit]
 
     batch = new_batch(project, f"shrunk: over {max_megabytes} MB")
     for path, result, error in _parallel(large, lambda p: _shrunk_copy(p, limit), progress, "Shrinking images"):
@@ -390,13 +481,24 @@ def shrink_large_images(project: Project, max_megabytes: float = 2.0, progress: 
             _skip(report, progress, _rel(project, path), f"cannot halve without the short side dropping below {MIN_SHORT_SIDE} px")
         else:
             tmp, still_large = result
-            _replace_original(project, batch, path, tmp)
+            try:  # one file the trash refuses must not stop the run half way (its copy is removed)
+                _replace_original(project, batch, path, tmp)
+            except Exception as exc:
+                _skip(report, progress, _rel(project, path), _reason(exc))
+                continue
             report.trash_batch = batch.id
             report.changed.append(_rel(project, path))
             if still_large:
                 progress.log(f"{_rel(project, path)}: still over {max_megabytes} MB at the smallest allowed size")
     report.changed.sort()
     return report
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0  # vanished since the listing: nothing to shrink
 
 
 def _shrunk_copy(path: Path, limit: int) -> tuple[Path, bool] | None:
@@ -412,9 +514,7 @@ def _shrunk_copy(path: Path, limit: int) -> tuple[Path, bool] | None:
             size = (image.width // factor, image.height // factor)
             smaller = image.resize(size, Image.Resampling.LANCZOS)  # always from the original: sharper
             if data_file is None:
-                fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-                os.close(fd)
-                data_file = Path(name)
+                data_file = _new_temp_file(path)  # the usual permissions (mkstemp's 0600 would stick)
             smaller.save(data_file, format=save_format, **options)
             if data_file.stat().st_size <= limit:
                 return data_file, False
@@ -445,7 +545,9 @@ def clean_dataset(project: Project, progress: Progress | None = None) -> Hygiene
     """
     progress = progress or Progress()
     report = HygieneReport(action="Moved non-image files to the trash", trashed="restorable from trash batch")
-    junk = [p for p in _dataset_files(project) if not is_image_file(p) and not _is_sidecar(p)]
+    listing = list_dataset(project)
+    _note_links(listing, progress, report)
+    junk = [p for p in listing.all_files() if not is_image_file(p) and not _is_sidecar(p)]
     progress.update(0, len(junk), "Cleaning dataset")
     if junk:
         progress.check_cancel()

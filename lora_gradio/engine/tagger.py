@@ -28,6 +28,7 @@ the model does not wait on Pillow; caption files are written by a second small p
 from __future__ import annotations
 
 import csv
+import os
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ from PIL import Image
 
 from lora_gradio.engine.errors import UserError
 from lora_gradio.engine.fsutil import atomic_write_text, is_image_file
-from lora_gradio.engine.images import dataset_folders, open_image
+from lora_gradio.engine.images import open_image
 from lora_gradio.engine.parallel import WORKERS, prefetch
 from lora_gradio.engine.tags import KAOMOJI, display_tag  # noqa: F401 - KAOMOJI re-exported for callers
 from lora_gradio.engine.progress import Progress, first_few
@@ -397,10 +398,11 @@ def preprocess_wd(path: Path, sizes: Iterable[tuple[int, int]]) -> dict[tuple[in
 
 
 def list_dataset_images(project: Project) -> list[Path]:
-    images: list[Path] = []
-    for folder in dataset_folders(project):
-        images += sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p))
-    return images
+    """The dataset's images as every stage lists them (links skipped), minus those whose caption is a link."""
+    from lora_gradio.engine.fsutil import is_link
+    from lora_gradio.engine.images import list_dataset
+
+    return [p for p in list_dataset(project).all_files() if is_image_file(p) and not is_link(caption_path(p))]
 
 
 def caption_path(image: Path) -> Path:
@@ -432,6 +434,11 @@ def _check_existing(existing: str) -> str:
 def _select(project: Project, mode: str, report: TagReport, progress: Progress) -> list[Path]:
     if not project.dataset_dir.is_dir():
         raise UserError(f"The dataset folder {project.dataset_dir} does not exist: add images to the project first.")
+    from lora_gradio.engine.images import list_dataset
+
+    notice = list_dataset(project).notice()
+    if notice:
+        progress.log(notice)
     todo: list[Path] = []
     for image in list_dataset_images(project):
         if mode == "skip" and _has_caption(image):
@@ -451,12 +458,17 @@ def _reason(path: Path, error: BaseException) -> str:
 
 
 class _Writer:
-    """Writes caption files in a small pool so the model never waits on fsync; errors are collected."""
+    """Writes caption files in a small pool so the model never waits on fsync; errors are collected.
+
+    New captions (skip mode) are written as they come. Overwriting or appending changes captions a
+    person may have edited, so those are gathered and written at the end as one undoable edit
+    (`tags.write_captions`: a snapshot, the captions lock), which `tags --undo` takes back."""
 
     def __init__(self, project: Project, mode: str, report: TagReport, progress: Progress):
         self.project, self.mode, self.report, self.progress = project, mode, report, progress
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tag-write")
         self.futures: list[tuple[Path, Future]] = []
+        self.undoable: list[tuple[Path, str]] = []  # (image, caption text) to write as one edit
 
     def submit(self, image: Path, tags: list[str]) -> None:
         self.futures.append((image, self.pool.submit(self._write, image, tags)))
@@ -465,10 +477,25 @@ class _Writer:
         target = caption_path(image)
         if self.mode == "append":
             tags = merge_tags(read_caption_tags(target), tags)
+        if self.mode != "skip" and os.path.lexists(target):
+            self.undoable.append((image, SEPARATOR.join(tags)))
+            return
         atomic_write_text(target, SEPARATOR.join(tags))
 
     def finish(self) -> None:
         self.pool.shutdown(wait=True)
+        if self.undoable:
+            from lora_gradio.engine.tags import write_captions
+
+            pending, self.undoable = self.undoable, []
+            try:
+                write_captions(self.project, f"tag ({self.mode})", [(caption_path(image), text) for image, text in pending])
+                self.progress.log(f"replaced {len(pending)} existing caption(s) as one edit: `lora-gradio tags {self.project.name} --undo` takes it back")
+            except UserError as exc:
+                failed = {image for image, _ in pending}
+                self.futures = [(image, future) for image, future in self.futures if image not in failed]
+                for image in sorted(failed):
+                    self.report.failed.append((_rel(self.project, image), str(exc)))
         for image, future in self.futures:
             rel = _rel(self.project, image)
             error = future.exception()

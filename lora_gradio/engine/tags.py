@@ -10,13 +10,24 @@ the spelling it had in the file; an added tag is written as the user typed it.
 
 Every edit writes atomically and, before changing anything, saves an undo snapshot of the
 files it will change in `config_dir/_tags_undo/<id>/` (the original bytes plus a
-`manifest.json`). `undo` restores the newest snapshot exactly and removes it; undo again
-to go further back.
+`manifest.json` that also records a SHA-256 of what the edit wrote to each file). `undo`
+restores the newest snapshot exactly and removes it; undo again to go further back.
+
+Undo never destroys work: a caption changed since the edit it undoes (edited by hand, tagged
+again, removed) is neither as the edit left it nor as it was before, so `undo` refuses, names
+those files and changes nothing. `undo(force=True)` (`tags NAME --undo --force`) first saves the
+current versions of every file it restores as a new snapshot, so the forced undo can itself be
+undone. Undo never writes through a link (see `fsutil.folder_entries`).
+
+Caption edits and undo of one project take turns, across processes too: each holds the lock
+`config_dir/.locks/captions.lock` (locks.exclusive) from reading the captions to writing them.
+Links inside the dataset are skipped, as every stage skips them, and named in the report.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import re
 import shutil
@@ -26,14 +37,25 @@ from pathlib import Path
 from collections.abc import Iterable, Sequence
 
 from lora_gradio.engine.errors import UserError
-from lora_gradio.engine.fsutil import IMAGE_EXTENSIONS, atomic_write_bytes, atomic_write_text, sortable_id
-from lora_gradio.engine.images import dataset_folders
+from lora_gradio.engine.fsutil import (
+    IMAGE_EXTENSIONS,
+    atomic_write_bytes,
+    atomic_write_text,
+    is_link,
+    link_on_path,
+    links_notice,
+    sortable_id,
+)
+from lora_gradio.engine.images import DatasetListing, list_dataset
+from lora_gradio.engine.locks import exclusive
 from lora_gradio.engine.progress import first_few
 from lora_gradio.engine.project import Project
 
 CAPTION_SUFFIX = ".txt"
 UNDO_FOLDER = "_tags_undo"
 MANIFEST = "manifest.json"
+MANIFEST_VERSION = 2  # 2: each file also records the SHA-256 before and after the edit
+LOCK_FILE = "captions.lock"  # in config_dir/.locks: one caption writer at a time, across processes
 SEPARATOR = ", "
 MODES = ("OR", "AND")
 SECTION = "tags"  # settings file section: the activation tag, for the Train and Test tabs
@@ -206,10 +228,13 @@ class TagReport:
     undo_id: str | None = None
     skipped: list[str] = field(default_factory=list)  # "file: reason"
     restored: bool = False  # an undo
+    links_notice: str = ""  # the links in the dataset that were skipped, named once
 
     def summary(self) -> str:
         if self.restored:
             text = f"Undid {self.action!r}: restored {len(self.changed)} caption file(s)."
+            if self.undo_id:
+                text += " The versions it replaced were saved first: undo again to get them back."
         else:
             text = f"Changed {len(self.changed)} of {self.total} caption files"
             if self.undo_id:
@@ -217,6 +242,8 @@ class TagReport:
             text += "."
         if self.skipped:
             text += f" Skipped {len(self.skipped)} unreadable file(s) ({first_few(self.skipped)}): save them as UTF-8 text and run again."
+        if self.links_notice:
+            text += " " + self.links_notice
         return text
 
 
@@ -236,19 +263,17 @@ class UndoSnapshot:
 # Files -----------------------------------------------------------------------------------------
 
 
+def _captions_in(listing: DatasetListing) -> list[Path]:
+    return [p for p in listing.all_files() if p.suffix.lower() == CAPTION_SUFFIX and not p.name.startswith(".")]
+
+
 def caption_files(project: Project) -> list[Path]:
-    """Every `.txt` caption in the project's dataset folder and its subfolders, sorted."""
-    out: list[Path] = []
-    for folder in dataset_folders(project):
-        out.extend(sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == CAPTION_SUFFIX and not p.name.startswith(".")))
-    return out
+    """Every `.txt` caption in the project's dataset folder and its subfolders, sorted (links skipped)."""
+    return _captions_in(list_dataset(project))
 
 
 def _image_files(project: Project) -> list[Path]:
-    out: list[Path] = []
-    for folder in dataset_folders(project):
-        out.extend(sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS))
-    return out
+    return [p for p in list_dataset(project).all_files() if p.suffix.lower() in IMAGE_EXTENSIONS]
 
 
 def _rel(project: Project, path: Path) -> str:
@@ -297,6 +322,9 @@ def caption_problems(project: Project) -> list[str]:
         paths = check(project)
         if paths:
             found.append(f"{len(paths)} {what} ({first_few([_rel(project, p) for p in paths])}): {fix}.")
+    notice = list_dataset(project).notice()
+    if notice:
+        found.append(notice)
     return found
 
 
@@ -398,8 +426,25 @@ def list_undo(project: Project) -> list[UndoSnapshot]:
     ]
 
 
-def _save_snapshot(project: Project, operation: str, paths: Sequence[Path]) -> str:
-    """Copy the current bytes of `paths` (missing ones recorded as such) into a new snapshot."""
+def _captions_lock(project: Project):
+    """One writer of the project's captions and their undo at a time (NAME and NAME/SUB share it)."""
+    return exclusive(project.config_dir / ".locks" / LOCK_FILE, f"The captions of project {project.base!r}")
+
+
+def _digest(data: "bytes | None") -> "str | None":
+    return None if data is None else hashlib.sha256(data).hexdigest()
+
+
+def _current(path: Path) -> "bytes | None":
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def _save_snapshot(project: Project, operation: str, writes: "Sequence[tuple[Path, bytes | None]]") -> str:
+    """Save the current bytes of each path (missing ones recorded as such) and the SHA-256 of what
+    `operation` will leave there (None: it removes the file) into a new snapshot; return its id."""
     existing = _snapshots(project)
     seq = max((int(m.get("seq", 0)) for m, _ in existing), default=0) + 1
     label = re.sub(r"[^a-z0-9]+", "-", operation.lower()).strip("-")[:24]
@@ -407,14 +452,14 @@ def _save_snapshot(project: Project, operation: str, paths: Sequence[Path]) -> s
     folder = _undo_root(project) / snap_id
     files = []
     try:
-        for path in paths:
+        for path, after in writes:
             rel = _root_rel(project, path)
-            existed = path.exists()
-            if existed:
-                atomic_write_bytes(folder / "files" / rel, path.read_bytes())
-            files.append({"path": rel, "existed": existed})
+            before = _current(path)
+            if before is not None:
+                atomic_write_bytes(folder / "files" / rel, before)
+            files.append({"path": rel, "existed": before is not None, "before": _digest(before), "after": _digest(after)})
         manifest = {
-            "version": 1,
+            "version": MANIFEST_VERSION,
             "operation": operation,
             "project": project.name,
             "created": _dt.datetime.now().isoformat(timespec="seconds"),
@@ -428,37 +473,98 @@ def _save_snapshot(project: Project, operation: str, paths: Sequence[Path]) -> s
     return snap_id
 
 
-def undo(project: Project) -> TagReport:
-    """Restore the newest tag-edit snapshot byte for byte, then remove it."""
-    snapshots = _snapshots(project)
-    if not snapshots:
-        raise UserError(f"There is no tag edit to undo in project {project.name!r}: every saved edit has already been undone.")
-    manifest, folder = snapshots[0]
-    report = TagReport(project=project.name, action=str(manifest.get("operation", "tag edit")), restored=True)
-    for entry in manifest["files"]:
-        rel = str(entry.get("path", ""))
-        if not _safe_rel(rel):
-            continue
-        target = project.dataset_root / rel
-        if entry.get("existed", True):
-            atomic_write_bytes(target, (folder / "files" / rel).read_bytes())
-        else:
-            target.unlink(missing_ok=True)  # the edit created this caption: undoing it removes it
-        report.changed.append(rel)
-    report.total = len(report.changed)
-    shutil.rmtree(folder)
-    return report
+def _unchanged_since(entry: dict, now: "str | None", restore: "bytes | None") -> bool:
+    """Whether the file is still as the edit left it, or as it was before (an interrupted edit)."""
+    if "after" in entry:
+        return now in (entry.get("after"), entry.get("before"))
+    # An older snapshot did not record what the edit wrote: only "as before the edit" is certain.
+    return now == _digest(restore)
+
+
+def undo(project: Project, force: bool = False) -> TagReport:
+    """Restore the newest tag-edit snapshot byte for byte, then remove it.
+
+    Refuses, changing nothing, when a file changed since that edit (the message lists them), unless
+    `force`: then the current versions are saved as a new snapshot first, so this undo can be undone.
+    Never writes through a link.
+    """
+    with _captions_lock(project):
+        snapshots = _snapshots(project)
+        if not snapshots:
+            raise UserError(f"There is no tag edit to undo in project {project.name!r}: every saved edit has already been undone.")
+        manifest, folder = snapshots[0]
+        operation = str(manifest.get("operation", "tag edit"))
+        root = project.dataset_root
+        plan: list[tuple[str, Path, bytes | None]] = []  # (rel, file, bytes to restore; None: remove it)
+        changed: list[str] = []
+        linked: list[str] = []
+        for entry in manifest["files"]:
+            rel = str(entry.get("path", "")) if isinstance(entry, dict) else ""
+            if not _safe_rel(rel):
+                continue
+            target = root / rel
+            link = link_on_path(target, root)
+            if link is not None:
+                linked.append(f"{rel} (through {link.relative_to(root).as_posix()})")
+                continue
+            restore: bytes | None = None
+            if entry.get("existed", True):
+                try:
+                    restore = (folder / "files" / rel).read_bytes()
+                except OSError:
+                    raise UserError(
+                        f"The undo snapshot of {operation!r} is damaged ({rel} is missing from {folder}): nothing was restored. "
+                        f"Copy the caption back by hand, or remove that snapshot folder to undo older edits."
+                    ) from None
+            if not _unchanged_since(entry, _digest(_current(target)), restore):
+                changed.append(rel)
+            plan.append((rel, target, restore))
+        if linked:
+            raise UserError(
+                f"Cannot undo {operation!r}: {len(linked)} caption file(s) are now reached through a link ({first_few(linked)}), "
+                "and undo never writes through links. Put the real folder back into the dataset and undo again; nothing was restored."
+            )
+        if changed and not force:
+            legacy = any(isinstance(e, dict) and "after" not in e for e in manifest["files"])
+            why = "" if not legacy else " (an older version saved this snapshot without recording what the edit wrote, so any file the edit changed counts)"
+            raise UserError(
+                f"{len(changed)} caption file(s) changed after {operation!r}{why} ({first_few(changed)}): undoing it now would overwrite "
+                f"those changes, so nothing was restored. Keep them, or undo anyway with `tags {project.name} --undo --force`, "
+                "which saves the current versions first so that undo can itself be undone."
+            )
+        report = TagReport(project=project.name, action=operation, restored=True)
+        if changed:
+            report.undo_id = _save_snapshot(project, f"before undo of {operation!r}", [(target, data) for _, target, data in plan])
+        for rel, target, data in plan:
+            if data is None:
+                target.unlink(missing_ok=True)  # the edit created this caption: undoing it removes it
+            else:
+                atomic_write_bytes(target, data)
+            report.changed.append(rel)
+        report.total = len(report.changed)
+        shutil.rmtree(folder)
+        return report
 
 
 # Applying edits --------------------------------------------------------------------------------
 
 
 def _apply(project: Project, operation: str, edit, files: Sequence[Path] | None = None) -> TagReport:
-    """Run `edit(tags) -> tags` on every caption; snapshot the files that change, then write them."""
-    files = caption_files(project) if files is None else list(files)
+    """Run `edit(tags) -> tags` on every caption; snapshot the files that change, then write them
+    (holding the captions lock from the first read to the last write)."""
+    with _captions_lock(project):
+        return _apply_locked(project, operation, edit, files)
+
+
+def _apply_locked(project: Project, operation: str, edit, files: Sequence[Path] | None) -> TagReport:
+    notice = ""
+    if files is None:
+        listing = list_dataset(project)
+        files, notice = _captions_in(listing), listing.notice()
+    files = list(files)
     if not files:
-        raise UserError(f"Project {project.name!r} has no caption files in {project.dataset_dir}: tag the images first (tag {project.name}).")
-    report = TagReport(project=project.name, action=operation, total=len(files))
+        raise UserError(f"Project {project.name!r} has no caption files in {project.dataset_dir}: tag the images first (tag {project.name}). {notice}".rstrip())
+    report = TagReport(project=project.name, action=operation, total=len(files), links_notice=notice)
     writes: list[tuple[Path, bytes]] = []
     for path in files:
         try:
@@ -475,11 +581,40 @@ def _apply(project: Project, operation: str, edit, files: Sequence[Path] | None 
         if new != tags:
             ending = "\n" if text.endswith("\n") else ""
             writes.append((path, (join_tags(new) + ending).encode("utf-8")))
+    _write_with_snapshot(project, operation, writes, report)
+    return report
+
+
+def _write_with_snapshot(project: Project, operation: str, writes: "Sequence[tuple[Path, bytes]]", report: TagReport) -> None:
+    """Snapshot the files `writes` changes (with what it will write), then write them; the lock is held."""
     if writes:
-        report.undo_id = _save_snapshot(project, operation, [p for p, _ in writes])
+        report.undo_id = _save_snapshot(project, operation, writes)
         for path, data in writes:
             atomic_write_bytes(path, data)
             report.changed.append(_rel(project, path))
+
+
+def write_captions(project: Project, operation: str, captions: "Sequence[tuple[Path, str]]") -> TagReport:
+    """Write whole caption files (e.g. a tagger's results) as one undoable edit, under the captions lock.
+
+    Files already holding that text are left alone; a caption that is a link, or inside a linked
+    folder, is skipped and reported, never written through.
+    """
+    report = TagReport(project=project.name, action=operation, total=len(captions))
+    with _captions_lock(project):
+        writes: list[tuple[Path, bytes]] = []
+        linked: list[Path] = []
+        for path, text in captions:
+            path = Path(path)
+            link = link_on_path(path, project.dataset_root)
+            if link is not None:
+                linked.append(link)
+                continue
+            data = str(text).encode("utf-8")
+            if _current(path) != data:
+                writes.append((path, data))
+        report.links_notice = links_notice(sorted(set(linked)), project.dataset_root)
+        _write_with_snapshot(project, operation, writes, report)
     return report
 
 
@@ -618,14 +753,31 @@ def _image_path(project: Project, image_rel: str) -> Path:
     path = project.dataset_dir / rel
     if path.suffix.lower() not in IMAGE_EXTENSIONS:
         raise UserError(f"{image_rel!r} is not an image file: pick a {', '.join(IMAGE_EXTENSIONS)} file.")
+    _refuse_links(project, path, image_rel)
     if not path.is_file():
         raise UserError(f"No image {image_rel!r} in {project.dataset_dir}: refresh the image list.")
     return path
 
 
+def _refuse_links(project: Project, path: Path, what: str) -> None:
+    link = link_on_path(path, project.dataset_root)
+    if link is not None:
+        raise UserError(
+            f"{what!r} is reached through a link ({_root_rel(project, link)}): the dataset tools do not follow links, "
+            "so nothing is read or written through them; copy the real files into the dataset folder instead."
+        )
+
+
+def _caption_of(project: Project, image_rel: str) -> Path:
+    caption = _image_path(project, image_rel).with_suffix(CAPTION_SUFFIX)
+    if is_link(caption):
+        _refuse_links(project, caption, _rel(project, caption))
+    return caption
+
+
 def image_caption(project: Project, image_rel: str) -> str:
     """The caption text of one image (relative to the dataset folder); '' if it has none."""
-    caption = _image_path(project, image_rel).with_suffix(CAPTION_SUFFIX)
+    caption = _caption_of(project, image_rel)
     try:
         return _decode(caption.read_bytes())[0]
     except FileNotFoundError:
@@ -633,17 +785,13 @@ def image_caption(project: Project, image_rel: str) -> str:
 
 
 def set_image_caption(project: Project, image_rel: str, text: str) -> TagReport:
-    """Replace one image's caption with `text` (atomically, with an undo snapshot)."""
-    caption = _image_path(project, image_rel).with_suffix(CAPTION_SUFFIX)
+    """Replace one image's caption with `text` (atomically, with an undo snapshot, under the captions lock)."""
+    caption = _caption_of(project, image_rel)
     new = str(text).strip()
     report = TagReport(project=project.name, action=f"edit caption of {image_rel}", total=1)
-    try:
-        old = caption.read_bytes()
-    except FileNotFoundError:
-        old = None
-    if old is not None and _decode(old)[0].strip() == new:
-        return report
-    report.undo_id = _save_snapshot(project, report.action, [caption])
-    atomic_write_text(caption, new)
-    report.changed.append(_rel(project, caption))
+    with _captions_lock(project):
+        old = _current(caption)
+        if old is not None and _decode(old)[0].strip() == new:
+            return report
+        _write_with_snapshot(project, report.action, [(caption, new.encode("utf-8"))], report)
     return report

@@ -10,15 +10,32 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 from lora_gradio.engine.errors import UserError
-from lora_gradio.engine.fsutil import IMAGE_EXTENSIONS, SIDECAR_EXTENSIONS, atomic_write_text, move_file, sortable_id, unique_path
+from lora_gradio.engine.fsutil import (
+    IMAGE_EXTENSIONS, SIDECAR_EXTENSIONS, atomic_write_text, is_link, link_on_path, move_file, read_user_json, sortable_id, unique_path,
+)
 from lora_gradio.engine.project import Project
 
 MANIFEST = "manifest.json"
+
+
+def trash_lock_file(project: Project) -> Path:
+    from lora_gradio.engine.project import LOCKS_FOLDER
+
+    return project.config_dir / LOCKS_FOLDER / "trash.lock"
+
+
+def trash_lock(project: Project):
+    """Moves into and out of the trash take turns across threads and processes (a page, a command line,
+    a job): two restores of one batch, or a restore racing a move, would otherwise both move one file."""
+    from lora_gradio.engine.locks import exclusive
+
+    return exclusive(trash_lock_file(project), f"The trash of project {project.base!r}")
 
 
 @dataclass
@@ -46,7 +63,7 @@ def _sidecars(image: Path, leaving: set[Path]) -> list[Path]:
     siblings = [image.with_suffix(ext) for ext in IMAGE_EXTENSIONS if ext != image.suffix.lower()]
     if any(s.exists() and s not in leaving for s in siblings):
         return []  # a png and a jpg with one stem share the caption: keep it for the one that stays
-    return [image.with_suffix(ext) for ext in SIDECAR_EXTENSIONS if image.with_suffix(ext).is_file()]
+    return [image.with_suffix(ext) for ext in SIDECAR_EXTENSIONS if image.with_suffix(ext).is_file() and not is_link(image.with_suffix(ext))]
 
 
 def _save(batch: TrashBatch) -> None:
@@ -68,7 +85,20 @@ def add_to_batch(project: Project, batch: TrashBatch, paths: Iterable[Path], wit
     Work that replaces files one by one (convert, shrink) adds each original as soon as its
     replacement is written, so an interruption leaves every earlier file properly trashed.
     """
-    files = [Path(p).resolve() for p in paths]
+    # Not resolve(): a link's target may lie in another project or outside the root, and the trash
+    # moves the names it is given, never what they point at.
+    files = [Path(os.path.abspath(p)) for p in paths]
+    for path in files:
+        if project.root not in path.parents:
+            raise UserError(f"Refusing to trash {path}: it is outside the projects root {project.root}.")
+        link = link_on_path(path, project.root)
+        if link is not None:
+            raise UserError(f"Refusing to trash {path}: {link} is a link, and the trash never moves files through links.")
+    with trash_lock(project):
+        _add_to_batch(project, batch, files, with_sidecars)
+
+
+def _add_to_batch(project: Project, batch: TrashBatch, files: list[Path], with_sidecars: bool) -> None:
     for path in files:
         if project.root not in path.parents:
             raise UserError(f"Refusing to trash {path}: it is outside the projects root {project.root}.")
@@ -103,12 +133,16 @@ def load_batch(project: Project, batch_id: str) -> TrashBatch:
     folder = project.trash_dir / batch_id
     if "/" in batch_id or "\\" in batch_id or batch_id.startswith("."):
         raise UserError(f"{batch_id!r} is not a trash batch id.")
+    fix = f"its files are still in {folder}: move them back by hand"
     try:
-        data = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        data = read_user_json(folder / MANIFEST, "The trash batch record", fix)
     except FileNotFoundError:
-        raise UserError(f"No trash batch {batch_id!r} in project {project.name!r}: list them with `dataset {project.name} trash`.") from None
-    batch = TrashBatch(id=data["id"], reason=data["reason"], created=data["created"], folder=folder)
-    batch.items = [TrashItem(**item) for item in data["items"]]
+        raise UserError(f"No trash batch {batch_id!r} in project {project.name!r}: list them with `lora-gradio dataset trash {project.base}`.") from None
+    try:
+        batch = TrashBatch(id=data["id"], reason=data["reason"], created=data["created"], folder=folder)
+        batch.items = [TrashItem(**item) for item in data["items"]]
+    except (KeyError, TypeError):
+        raise UserError(f"The trash batch record {folder / MANIFEST} is damaged: {fix}.") from None
     return batch
 
 
@@ -116,7 +150,13 @@ def list_trash(project: Project) -> list[TrashBatch]:
     """Batches that still hold something, newest first."""
     if not project.trash_dir.is_dir():
         return []
-    batches = [load_batch(project, p.name) for p in sorted(project.trash_dir.iterdir(), reverse=True) if (p / MANIFEST).is_file()]
+    batches = []
+    for p in sorted(project.trash_dir.iterdir(), reverse=True):
+        if (p / MANIFEST).is_file():
+            try:
+                batches.append(load_batch(project, p.name))
+            except UserError:
+                continue  # a record cut short by a crash: `load_batch` says so when it is asked for by id
     return [b for b in batches if b.pending]
 
 
@@ -126,12 +166,20 @@ def restore(project: Project, batch_id: str) -> list[str]:
     If a file of the same name has appeared there since, the restored one gets a
     ``name (2).ext`` name instead of overwriting it.
     """
-    batch = load_batch(project, batch_id)
+    with trash_lock(project):
+        return _restore(project, load_batch(project, batch_id))
+
+
+def _restore(project: Project, batch: TrashBatch) -> list[str]:
     restored: list[str] = []
     for item in batch.pending:
         stored = batch.folder / item.stored
         if not stored.is_file():
             continue
+        link = link_on_path(project.root / item.original, project.root)
+        if link is not None:
+            raise UserError(f"Cannot restore {item.original}: {link} is now a link, and nothing is restored through links. "
+                            "Replace the link with a real folder, then restore again.")
         target = unique_path(project.root / item.original)
         move_file(stored, target)
         item.restored = True

@@ -1,7 +1,9 @@
 """Add files a person uploaded (or named on the command line) to a project's dataset.
 
 Zips go through archive.extract_zip; loose images are decoded first so a broken or
-mislabelled file never lands in the dataset; nothing already there is overwritten.
+mislabelled file never lands in the dataset; nothing already there is overwritten, and
+nothing is written through or over a link (a linked NAME/SUB dataset folder is refused; an image
+never takes a name a link holds, even a broken one; a caption named like a link is skipped).
 """
 
 from __future__ import annotations
@@ -10,9 +12,18 @@ import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from lora_gradio.engine.archive import AddReport, extract_zip
+from lora_gradio.engine.archive import LINK_REASON, AddReport, extract_zip, refuse_linked_dataset
 from lora_gradio.engine.errors import UserError
-from lora_gradio.engine.fsutil import CAPTION_EXTENSIONS, atomic_path, is_image_file, unique_path, unique_stem_path
+from lora_gradio.engine.fsutil import (
+    CAPTION_EXTENSIONS,
+    IMAGE_EXTENSIONS,
+    SIDECAR_EXTENSIONS,
+    atomic_path,
+    is_image_file,
+    is_link,
+    unique_path,
+    unique_stem_path,
+)
 from lora_gradio.engine.progress import Progress
 from lora_gradio.engine.project import Project
 
@@ -32,6 +43,20 @@ def _rel(project: Project, path: Path) -> str:
     return path.relative_to(project.dataset_dir).as_posix()
 
 
+def _stem_has_link(path: Path) -> bool:
+    """A link (even a broken one, which `exists()` misses) holds this name or a sidecar of its stem."""
+    return any(is_link(path.with_suffix(ext)) for ext in (path.suffix, *IMAGE_EXTENSIONS, *SIDECAR_EXTENSIONS))
+
+
+def _free_stem_path(path: Path) -> Path:
+    """`unique_stem_path`, also stepping over names that links hold, so a link is never replaced."""
+    candidate, n = unique_stem_path(path), 2
+    while _stem_has_link(candidate):
+        candidate = unique_stem_path(path.with_name(f"{path.stem} ({n}){path.suffix}"))
+        n += 1
+    return candidate
+
+
 def _copy_new(source: Path, target: Path) -> None:
     with atomic_path(target) as tmp:
         shutil.copyfile(source, tmp)
@@ -44,6 +69,7 @@ def import_uploads(project: Project, paths: list[str], progress: "Progress | Non
     missing = [str(p) for p in files if not p.is_file()]
     if missing:
         raise UserError(f"These uploads are gone (the page was reloaded?): {', '.join(missing[:3])}. Upload them again.")
+    refuse_linked_dataset(project)
     report = AddReport()
     empty = [p for p in files if p.stat().st_size == 0]
     for p in empty:
@@ -78,7 +104,7 @@ def import_uploads(project: Project, paths: list[str], progress: "Progress | Non
             report.skipped.append((image.name, problems[image]))
             progress.log(f"skipped {image.name}: {problems[image]}")
             continue
-        placed = unique_stem_path(target / image.name)
+        placed = _free_stem_path(target / image.name)
         _copy_new(image, placed)
         report.added.append(_rel(project, placed))
         if placed.name != image.name:
@@ -93,6 +119,9 @@ def import_uploads(project: Project, paths: list[str], progress: "Progress | Non
 
     for caption in captions.values():  # captions for images already in the dataset
         existing = target / caption.name
+        if is_link(existing):
+            report.skipped.append((caption.name, f"a link of that name is in the dataset: {LINK_REASON}"))
+            continue
         if existing.exists() and existing.read_bytes() == caption.read_bytes():
             report.skipped.append((caption.name, "identical caption already there"))
             continue

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from lora_gradio.engine.errors import UserError
-from lora_gradio.engine.fsutil import is_image_file
 from lora_gradio.engine.progress import Progress, first_few
 from lora_gradio.engine.project import Project
 from lora_gradio.engine.train import config as cfg
@@ -45,7 +44,9 @@ class DataCheck:
 
 
 def _count_images(folder: Path) -> int:
-    return sum(1 for p in folder.iterdir() if p.is_file() and is_image_file(p))
+    from lora_gradio.engine.train.data import _list_images
+
+    return len(_list_images(folder))  # links skipped, as the run skips them
 
 
 def quick_plan(project: Project, settings: cfg.TrainSettings) -> StepPlan:
@@ -92,6 +93,12 @@ def advice_for(project: Project, settings: cfg.TrainSettings, dataset: Any, plan
     """Beyond what reading the dataset reports: the activation tag and the guide's range of samples.
     The page's check shows these, and a run (or a dry run) logs them."""
     findings = list(_activation_findings(project, settings, dataset))
+    if plan.samples_per_epoch and settings.train_batch_size > plan.samples_per_epoch:
+        findings.append(Finding(WARNING, (
+            f"train_batch_size {settings.train_batch_size} is larger than the {plan.samples_per_epoch} samples an epoch has "
+            f"(images x repeats): each step trains on at most {plan.samples_per_epoch}, so the batch is smaller in effect. "
+            "Raise num_repeats or lower train_batch_size."
+        )))
     low, high = GUIDE_SAMPLES
     if not low <= plan.train_samples <= high:
         findings.append(Finding(ADVICE, (

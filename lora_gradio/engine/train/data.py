@@ -258,10 +258,11 @@ class CollectedDataset:
 
 
 def _list_images(folder: Path) -> list[Path]:
-    return sorted(
-        p for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
-    )
+    """The folder's images, sorted. Links are skipped, as every stage skips them (fsutil.folder_entries):
+    kohya's `cache_latents_to_disk` writes `.npz` files beside the images, which must stay inside the root."""
+    from lora_gradio.engine.fsutil import folder_entries
+
+    return [p for p in folder_entries(folder).files if not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS]
 
 
 _ROTATED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height

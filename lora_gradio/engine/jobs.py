@@ -22,6 +22,7 @@ import datetime as _dt
 import importlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,7 +33,15 @@ from pathlib import Path
 from typing import Any
 
 from lora_gradio.engine.errors import Cancelled, UserError
-from lora_gradio.engine.fsutil import atomic_write_text, sortable_id
+from lora_gradio.engine.fsutil import (
+    atomic_write_text,
+    disk_full_note,
+    disk_problem,
+    disk_problem_message,
+    parse_json_lines,
+    read_user_json,
+    sortable_id,
+)
 from lora_gradio.engine.progress import Progress
 from lora_gradio.engine.project import Layout, Project
 
@@ -71,8 +80,19 @@ class Job:
 
     @classmethod
     def load(cls, folder: Path) -> "Job":
-        data = json.loads((folder / "job.json").read_text(encoding="utf-8"))
-        return cls(folder=folder, **data)
+        """The job of `folder`; a job.json cut short by a crash (or not a job's) is one `UserError`."""
+        import dataclasses
+
+        path = folder / "job.json"
+        fix = f"delete the folder {folder} to drop that job (its log.txt says what it did)"
+        data = read_user_json(path, "The job file", fix)
+        known = {f.name for f in dataclasses.fields(cls)} - {"folder"}
+        try:
+            if not isinstance(data, dict):
+                raise TypeError(type(data).__name__)
+            return cls(folder=folder, **{k: v for k, v in data.items() if k in known})
+        except TypeError:
+            raise UserError(f"The job file {path} is damaged (it does not hold a job's id, kind and function): {fix}.") from None
 
 
 @dataclass
@@ -124,7 +144,13 @@ def start_job(project: Project, kind: str, func: str, kwargs: "dict[str, Any] | 
         raise UserError(f"A {kind} job is already running in {project.base!r} (started {running.created}): wait for it or cancel it first.")
     job_id = sortable_id(kind)
     folder = project.jobs_dir / job_id
-    folder.mkdir(parents=True)
+    try:
+        folder.mkdir(parents=True)
+    except OSError as exc:
+        problem = disk_problem(exc)
+        if problem is None:
+            raise
+        raise UserError(disk_problem_message(problem, project.jobs_dir, f"the {title or kind} job was not started")) from None
     job = Job(
         id=job_id,
         kind=kind,
@@ -135,7 +161,11 @@ def start_job(project: Project, kind: str, func: str, kwargs: "dict[str, Any] | 
         created=_dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S"),
         folder=folder,
     )
-    job.save()
+    try:
+        job.save()  # a full disk: one sentence from atomic_write_text, and no job folder without its job.json
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
     job.pid = _spawn_detached(folder, secret_env or {})
     job.save()
     return job
@@ -182,12 +212,21 @@ class JobProgress(Progress):
     def __init__(self, job: Job):
         self.job = job
         self._last_write = 0.0
-        self._events = open(job.events_file, "a", encoding="utf-8")
+        self._events = open(job.events_file, "ab", buffering=0)  # each event is one write, nothing waits in a buffer
+        self._torn = False  # the last write stopped part way (a full disk): end that line first
 
     def event(self, kind: str, **fields: Any) -> None:
+        """Append one event. A full disk loses the event, not the job: the work goes on, the next
+        event that fits starts on a line of its own, and readers skip the torn one."""
         record = {"type": kind, "t": round(time.time(), 3), **fields}
-        self._events.write(json.dumps(record, default=str) + "\n")
-        self._events.flush()
+        line = (b"\n" if self._torn else b"") + (json.dumps(record, default=str) + "\n").encode("utf-8")
+        written = 0
+        try:
+            while written < len(line):
+                written += self._events.write(line[written:]) or 0
+            self._torn = False
+        except OSError:
+            self._torn = self._torn or written > 0
 
     def update(self, done: int, total: "int | None" = None, message: str = "", **data: Any) -> None:
         now = time.monotonic()
@@ -198,7 +237,10 @@ class JobProgress(Progress):
 
     def log(self, message: str) -> None:
         stamp = _dt.datetime.now().strftime("%H:%M:%S")
-        print(f"{stamp} {message}", flush=True)
+        try:
+            print(f"{stamp} {message}", flush=True)
+        except OSError:  # the log is on a full disk: the job goes on without this line
+            pass
 
     def cancelled(self) -> bool:
         return self.job.cancel_file.exists()
@@ -296,8 +338,8 @@ def list_jobs(project: Project) -> list[Job]:
     for folder in sorted(project.jobs_dir.iterdir(), reverse=True):
         try:
             jobs.append(_load_job(folder))
-        except (OSError, ValueError, TypeError):
-            continue  # a folder being created right now, or foreign
+        except (OSError, ValueError, TypeError, UserError):
+            continue  # a folder being created right now, foreign, or its job.json damaged (`get_job` says so)
     return jobs
 
 
@@ -309,7 +351,7 @@ def latest_job(project: Project, kind: str) -> "Job | None":
 def get_job(project: Project, job_id: str) -> Job:
     folder = project.jobs_dir / job_id
     if "/" in job_id or "\\" in job_id or not (folder / "job.json").is_file():
-        raise UserError(f"No job {job_id!r} in project {project.base!r}: list them with `jobs {project.base}`.")
+        raise UserError(f"No job {job_id!r} in project {project.base!r}: list them with `lora-gradio jobs list {project.base}`.")
     return Job.load(folder)
 
 
@@ -341,46 +383,48 @@ def _read_status(job: Job) -> JobStatus:
     events = _tail_events(job.events_file)
     for event in events:
         if event.get("type") == "start":
-            status.started = event.get("t")
+            status.started = _number(event.get("t"), None)
     progress_events = [e for e in events if e.get("type") == "progress"]
     if progress_events:
         last = progress_events[-1]
-        status.done, status.total, status.message = last.get("done", 0), last.get("total"), last.get("message", "")
+        status.done, status.total, status.message = int(_number(last.get("done"), 0)), _number(last.get("total"), None), str(last.get("message") or "")
+        status.total = None if status.total is None else int(status.total)
         status.data = {k: v for k, v in last.items() if k not in ("type", "t", "done", "total", "message")}
-        status.updated = last.get("t")
+        status.updated = _number(last.get("t"), None)
     final = events[-1] if events and events[-1].get("type") in FINAL_EVENTS else None
     if final is not None:
         status.state = final["type"]
-        status.message = final.get("message", "")
+        status.message = str(final.get("message") or "")
         status.result = final.get("result")
     elif not _pid_alive(job.pid, job.folder):
         starting = job.pid is None and time.time() - job.folder.stat().st_mtime < 10
         if not starting:
             status.state = DIED
-            status.message = "The job stopped without finishing (killed, out of memory, or the machine restarted). Its log may say why."
+            status.message = "The job stopped without finishing (killed, out of memory, or the machine restarted). Its log may say why." + disk_full_note(job.folder)
     return status
+
+
+def _number(value: Any, default: Any) -> Any:
+    """A number from an event, or `default` for what a damaged or foreign line holds instead."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return default
+    return value
 
 
 def _tail_events(path: Path, max_bytes: int = 64_000) -> list[dict[str, Any]]:
     """The start event plus the events in the last `max_bytes` of the file."""
     try:
         with open(path, "rb") as f:
-            first = f.readline()
+            first = f.readline(max_bytes)
             f.seek(0, os.SEEK_END)
             size = f.tell()
             f.seek(max(0, size - max_bytes))
-            tail = f.read().splitlines()
+            tail = f.read()
             if size > max_bytes:
-                tail = [first, *tail[1:]]  # the first tail line is probably cut
-    except FileNotFoundError:
+                tail = first + b"\n" + tail.split(b"\n", 1)[-1]  # the first tail line is probably cut
+    except (FileNotFoundError, IsADirectoryError):
         return []
-    events = []
-    for line in tail:
-        try:
-            events.append(json.loads(line))
-        except ValueError:
-            continue  # a line being written
-    return events
+    return parse_json_lines(tail)  # a line being written, a torn line or NUL padding is skipped
 
 
 def read_events(job: Job, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
@@ -389,11 +433,10 @@ def read_events(job: Job, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
         with open(job.events_file, "rb") as f:
             f.seek(offset)
             data = f.read()
-    except FileNotFoundError:
+    except (FileNotFoundError, IsADirectoryError):
         return [], offset
     complete = data[: data.rfind(b"\n") + 1]
-    events = [json.loads(line) for line in complete.splitlines() if line.strip()]
-    return events, offset + len(complete)
+    return parse_json_lines(complete), offset + len(complete)  # torn lines and NUL padding are skipped
 
 
 def read_log(job: Job, max_lines: int = 200) -> str:
@@ -401,9 +444,11 @@ def read_log(job: Job, max_lines: int = 200) -> str:
         with open(job.log_file, "rb") as f:
             f.seek(0, os.SEEK_END)
             f.seek(max(0, f.tell() - 32_000))
-            lines = f.read().decode("utf-8", "replace").splitlines()
+            lines = f.read().replace(b"\0", b"").decode("utf-8", "replace").splitlines()  # NUL padding from a crash
     except FileNotFoundError:
         return ""
+    except OSError as exc:  # a folder in its place, or unreadable: say so where the log would be
+        return f"(the job's log {job.log_file} cannot be read: {exc.strerror or exc})"
     return "\n".join(lines[-max_lines:])
 
 

@@ -69,14 +69,21 @@ def exclusive(lock_file: Path, what: str, wait_s: float = DEFAULT_WAIT_S) -> Ite
     if not in_process.acquire(timeout=wait_s):
         raise UserError(f"{what} is busy in this program: try again in a moment.")
     try:
-        lock_file.parent.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(lock_file), is_singleton=False, thread_local=False)
         try:
+            lock_file.parent.mkdir(parents=True, exist_ok=True)
             lock.acquire(timeout=wait_s)
         except Timeout:
             raise UserError(
                 f"{what} is in use by {describe_holder(lock_file)}: wait for it to finish (or stop it), then try again."
             ) from None
+        except OSError as exc:  # a full or read-only disk cannot take the lock file
+            from lora_gradio.engine.fsutil import disk_problem, disk_problem_message
+
+            problem = disk_problem(exc)
+            if problem is None:
+                raise
+            raise UserError(disk_problem_message(problem, lock_file.parent, f"{what} could not be locked, so nothing was changed")) from None
         try:
             note = {"pid": os.getpid(), "command": " ".join(Path(sys.argv[0]).name.split() + sys.argv[1:])[:200], "since": time.time()}
             try:

@@ -28,7 +28,7 @@ from typing import Any
 
 from lora_gradio import __version__
 from lora_gradio.engine.errors import UserError
-from lora_gradio.engine.fsutil import atomic_write_text
+from lora_gradio.engine.fsutil import atomic_write_text, read_user_toml
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -175,15 +175,13 @@ class Project:
     # Settings ---------------------------------------------------------------------------------
 
     def read_settings(self) -> dict[str, Any]:
-        """All sections of the project's settings file; an empty dict when there is none yet."""
+        """All sections of the project's settings file; an empty dict when there is none yet.
+
+        A BOM is dropped; a folder, binary or UTF-16 file, or broken TOML is one `UserError` naming the file."""
         try:
-            text = self.settings_file.read_text(encoding="utf-8")
+            return read_user_toml(self.settings_file, "The settings file", "delete it to start again from the defaults")
         except FileNotFoundError:
             return {}
-        try:
-            return tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise UserError(f"The settings file {self.settings_file} is not valid TOML ({exc}): fix or delete it.") from None
 
     def read_section(self, section: str) -> dict[str, Any]:
         value = self.read_settings().get(section, {})
@@ -193,15 +191,24 @@ class Project:
         """Replace one section (e.g. ``train``) of the settings file, atomically, keeping the others."""
         import tomli_w
 
-        with SETTINGS_LOCK:
+        with settings_lock(self):
             settings = self.read_settings()
             settings[section] = _drop_none(values)
             atomic_write_text(self.settings_file, tomli_w.dumps(settings))
 
 
-# A page saves settings from several threads at once, and every save reads the file, changes a part
-# and writes it all back: saves (and read-change-write steps built on them) take turns.
-SETTINGS_LOCK = threading.RLock()
+# Pages (several threads, several processes on one root) and command lines save settings at once, and
+# every save reads the file, changes a part and writes it all back: saves (and read-change-write steps
+# built on them, such as `config.update_settings`) take turns through a file lock per project. The OS
+# drops it with a killed process, so a stale lock never blocks.
+LOCKS_FOLDER = ".locks"
+
+
+def settings_lock(project: "Project"):
+    """Hold the project's settings lock (re-entrant in one thread): ``with settings_lock(project): ...``."""
+    from lora_gradio.engine.locks import exclusive
+
+    return exclusive(project.config_dir / LOCKS_FOLDER / "settings.lock", f"The settings of project {project.base!r}")
 
 
 def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
@@ -246,12 +253,18 @@ class Projects:
                         made.append(parent)
             if project.subfolder is None or not project.settings_file.exists():
                 project.write_section("project", {"name": project.base, "layout": self.layout.value, "created": _now(), "created_by": f"lora_gradio {__version__}"})
-        except OSError as exc:
+        except (OSError, UserError) as exc:  # UserError: a full or read-only disk refused the settings file
+            if project.config_dir in made:  # the settings lock made its folder inside the new one
+                for lock_file in sorted((project.config_dir / LOCKS_FOLDER).glob("*")):
+                    lock_file.unlink(missing_ok=True)
+                made.insert(made.index(project.config_dir) + 1, project.config_dir / LOCKS_FOLDER)
             for folder in reversed(made):  # leave nothing half-made behind
                 try:
                     folder.rmdir()
                 except OSError:
                     pass
+            if isinstance(exc, UserError):
+                raise
             raise UserError(f"Could not create project {name!r} under {self.root}: {exc.strerror or exc}. Choose a writable projects root with --root or {ROOT_ENV}.") from None
         return project
 
@@ -299,12 +312,12 @@ class Projects:
         known = self.list()
         if known:
             return f": create it first, or pick one of: {', '.join(known[:10])}{' ...' if len(known) > 10 else ''}."
-        return f": create it first with `project create {name}`."
+        return f": create it first with `lora-gradio project create {name}`."
 
 
 def _subdirs(folder: Path) -> list[str]:
     try:
-        return sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
+        return sorted(entry.name for entry in os.scandir(folder) if entry.is_dir(follow_symlinks=False))  # a linked SUB is no project
     except (FileNotFoundError, NotADirectoryError):
         return []
 

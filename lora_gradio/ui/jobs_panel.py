@@ -6,6 +6,7 @@ browser shows the same job: re-attaching needs no state in the page.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -38,6 +39,17 @@ def current_job(projects: Projects, project_name: "str | None") -> "jobs.Job | N
     return jobs.active_job(project) or next(iter(jobs.list_jobs(project)), None)
 
 
+_last_error = [""]
+
+
+def _log_once(exc: Exception, project_name: "str | None") -> None:
+    """The traceback of a failed refresh, once for as long as the same error repeats (it polls each second)."""
+    error = f"{type(exc).__name__}: {exc}"
+    if _last_error[0] != error:
+        _last_error[0] = error
+        logging.getLogger("lora_gradio.ui").exception("reading the jobs of %s", project_name)
+
+
 def render_status(status: "jobs.JobStatus | None") -> str:
     if status is None:
         return "<div class='lg-job-line' id='lg-job-idle'>No job has run in this project yet.</div>"
@@ -67,11 +79,15 @@ def build_jobs_panel(blocks: "gr.Blocks", projects: Projects, project_dropdown: 
             log_box = gr.Textbox(show_label=False, lines=8, max_lines=20, interactive=False, elem_id="lg-job-log")
 
     def refresh(project_name: "str | None"):
-        job = current_job(projects, project_name)
-        if job is None:
-            return render_status(None), "", gr.update(visible=False)
-        status = jobs.job_status(job)
-        return render_status(status), jobs.read_log(job), gr.update(visible=status.active)
+        try:
+            job = current_job(projects, project_name)
+            if job is None:
+                return render_status(None), "", gr.update(visible=False)
+            status = jobs.job_status(job)
+            return render_status(status), jobs.read_log(job), gr.update(visible=status.active)
+        except Exception as exc:  # a job's files changed under us (removed, damaged) or a bug: keep the panel
+            _log_once(exc, project_name)
+            return gr.update(), gr.update(), gr.update()
 
     @shown_errors(1)
     def cancel_current(project_name: "str | None"):

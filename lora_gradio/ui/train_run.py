@@ -4,6 +4,7 @@ stops training and reopening it re-attaches."""
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,12 +49,17 @@ def status_html(view: RunView) -> str:
 
 
 def resume_note(view: RunView) -> str:
-    if not view.resumable:
-        return ""
-    saved = view.resumable.get("saved_at")
-    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(saved)) if saved else "earlier"
-    return (f"An interrupted run can continue from epoch {view.resumable.get('epoch')}, step {view.resumable.get('global_step')} "
-            f"(saved {when}): press **Resume**. Starting a new run moves its files to the trash.")
+    """How to continue an interrupted run, and what was wrong with any file the view could not use."""
+    notes = [warn(problem) for problem in view.problems]
+    if view.resumable:
+        saved = view.resumable.get("saved_at")
+        try:
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(float(saved))) if saved else "earlier"
+        except (TypeError, ValueError, OverflowError, OSError):
+            when = "earlier"
+        notes.append(f"An interrupted run can continue from epoch {view.resumable.get('epoch')}, step {view.resumable.get('global_step')} "
+                     f"(saved {when}): press **Resume**. Starting a new run moves its files to the trash.")
+    return "\n\n".join(notes)
 
 
 @dataclass
@@ -106,8 +112,15 @@ def build_run_view(blocks, projects: Projects, project_dropdown, controls: RunCo
         unchanged = [gr.update()] * 8
         try:
             view = view_for(project_name)
-        except UserError:
-            return unchanged
+        except UserError as exc:  # e.g. the project was removed: say why, keep polling
+            return [*unchanged[:-1], warn(str(exc)) if project_name else ""]
+        except Exception as exc:  # a file nobody foresaw, or a bug: keep the page alive, log it once
+            error = f"{type(exc).__name__}: {exc}"
+            if memo.get("error") != error:
+                memo["error"] = error
+                logging.getLogger("lora_gradio.ui").exception("reading the training run of %s", project_name)
+            return [*unchanged[:-1], warn(f"Could not read this run's files ({error}); the page keeps trying. The app's log has the details.")]
+        memo.pop("error", None)
         if webui is not None and view.status is not None and view.status.state == jobs.DONE and memo.get("finished") != view.status.job.id:
             memo["finished"] = view.status.job.id
             _after_training(webui, projects, project_name)

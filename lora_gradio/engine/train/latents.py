@@ -252,6 +252,8 @@ class LatentCache:
     def _save(self, key: str, latent: "torch.Tensor", item: ImageItem, flip: bool) -> None:
         from safetensors.torch import save_file
 
+        if getattr(self, "_disk_warned", False):
+            return  # the disk said no once: do not try (and fail) again for every image
         path = self._file(key)
         metadata = {
             "image": str(item.path),
@@ -264,12 +266,12 @@ class LatentCache:
         try:
             with atomic_path(path) as tmp:
                 save_file({"latents": latent}, str(tmp), metadata=metadata)
-        except OSError as exc:  # a full disk must not stop training: memory still has it
+        except Exception as exc:  # a full or read-only disk (UserError), or safetensors' own error: memory still has it
             if not getattr(self, "_disk_warned", False):
                 self._disk_warned = True
                 import warnings
 
-                warnings.warn(f"cannot write the latent cache to {self.cache_dir}: {exc}", stacklevel=2)
+                warnings.warn(f"The latent cache in {self.cache_dir} is not saved ({exc}): training goes on with the latents in memory.", stacklevel=2)
 
     def _load(self, key: str) -> bool:
         if self.cache_dir is None:

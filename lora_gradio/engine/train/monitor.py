@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lora_gradio.engine import jobs
+from lora_gradio.engine.errors import UserError
 from lora_gradio.engine.project import Project
 
 JOB_KIND = "train"
@@ -29,6 +30,7 @@ class RunView:
     samples: list[Path] = field(default_factory=list)
     resumable: "dict | None" = None  # the saved state of an interrupted run: epoch, global_step, saved_at
     first_point: tuple[float, int] = (0.0, 0)  # (time, step) of the first reported step, for the speed
+    problems: list[str] = field(default_factory=list)  # files that could not be used, each with what to do
 
     @property
     def running(self) -> bool:
@@ -57,16 +59,16 @@ def run_view(project: Project, output_name: str) -> RunView:
     if job is not None:
         first = None
         for event in _progress_events(run):
-            step = int(event.get("done") or 0)
+            step, loss, t = event["done"], event["loss"], event["t"]
             if first is None and event["job"] is job:  # the speed counts from this job's first step
-                first = (float(event.get("t") or 0.0), step)
+                first = (t, step)
             if view.steps and step <= view.steps[-1]:
                 continue  # a resumed run starts again from its saved step
             view.steps.append(step)
-            view.loss.append(float(event["loss"]))
+            view.loss.append(loss)
             for key, value in event.items():
                 if key.startswith("lr_"):
-                    view.learning_rates.setdefault(key[3:], []).append(float(value))
+                    view.learning_rates.setdefault(key[3:], []).append(value)
             view.epoch = event.get("epoch", view.epoch)
             view.it_per_s = event.get("it_per_s", view.it_per_s)
         view.first_point = first or (0.0, 0)
@@ -74,12 +76,24 @@ def run_view(project: Project, output_name: str) -> RunView:
     sample_dir = project.output_dir / "sample"
     if sample_dir.is_dir():
         since = (view.status.started or 0.0) if view.status else 0.0  # this run's samples, not an older run's
-        found = [(p.stat().st_mtime, p.name, p) for p in sample_dir.iterdir() if p.suffix.lower() in SAMPLE_SUFFIXES]
-        view.samples = [p for mtime, _, p in sorted(found) if mtime >= since]
-    state = read_state_info(project)
-    if state is not None and not view.running:
-        view.resumable = {k: state.get(k) for k in ("epoch", "global_step", "saved_at")}
+        found = [(_mtime(p), p.name, p) for p in sample_dir.iterdir() if p.suffix.lower() in SAMPLE_SUFFIXES]
+        view.samples = [p for mtime, _, p in sorted(found) if mtime is not None and mtime >= since]
+    if not view.running:  # a running job is rewriting its state now
+        try:
+            state = read_state_info(project)
+        except UserError as exc:  # damaged: say so, and offer a new run instead of a Resume
+            view.problems.append(str(exc))
+            state = None
+        if state is not None:
+            view.resumable = {k: state.get(k) for k in ("epoch", "global_step", "saved_at")}
     return view
+
+
+def _mtime(path: Path) -> "float | None":
+    try:
+        return path.stat().st_mtime
+    except OSError:  # removed since the folder was listed
+        return None
 
 
 def _run_jobs(project: Project) -> list:
@@ -106,18 +120,30 @@ _step_events_read: dict[Path, tuple[int, list[dict]]] = {}
 
 
 def _step_events(job) -> list[dict]:
-    """The job's progress events that carry a loss (one per reported step), in order."""
+    """The job's progress events that carry a loss (one per reported step), in order, with `done`,
+    `loss`, `t` and any `lr_*` as numbers; events a crash or a bug left unusable are skipped."""
     offset, events = _step_events_read.pop(job.folder, (0, []))
     try:
         if job.events_file.stat().st_size < offset:
             offset, events = 0, []  # the file was replaced
-    except FileNotFoundError:
+    except OSError:  # not there (yet)
         return []
     new, offset = jobs.read_events(job, offset)
-    steps = [event for event in new if event.get("type") == "progress" and "loss" in event]
+    steps = [step for step in map(_step_event, new) if step is not None]
     if steps:
         events = events + steps  # a new list: a caller may still hold the old one
     _step_events_read[job.folder] = (offset, events)
     while len(_step_events_read) > _STEP_EVENTS_KEPT:
         del _step_events_read[next(iter(_step_events_read))]
     return events
+
+
+def _step_event(event: dict) -> "dict | None":
+    if event.get("type") != "progress" or "loss" not in event:
+        return None
+    try:
+        numbers = {"done": int(event.get("done") or 0), "loss": float(event["loss"]), "t": float(event.get("t") or 0.0)}
+        numbers.update({key: float(value) for key, value in event.items() if key.startswith("lr_")})
+    except (TypeError, ValueError):
+        return None
+    return {**event, **numbers}

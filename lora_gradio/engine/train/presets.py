@@ -15,7 +15,7 @@ except ModuleNotFoundError:  # Python 3.10 (the WebUI's)
     import tomli as tomllib
 
 from lora_gradio.engine.errors import UserError
-from lora_gradio.engine.fsutil import atomic_write_text
+from lora_gradio.engine.fsutil import atomic_write_text, read_user_toml
 from lora_gradio.engine.train import config as cfg
 
 PRESETS_FOLDER = "_presets"
@@ -53,10 +53,8 @@ def save_preset(root: Path, name: str, settings: cfg.TrainSettings) -> Path:
 def load_preset(root: Path, name: str) -> cfg.TrainSettings:
     path = _path(root, name)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = read_user_toml(path, "The preset file", "delete it")  # BOM, UTF-16, binary, a folder: one clear line
     except FileNotFoundError:
         known = list_presets(root)
         raise UserError(f"No preset named {name!r}{': pick one of ' + ', '.join(known) if known else ' yet: save one first'}.") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"The preset file {path} is not valid TOML ({exc}): fix or delete it.") from None
     return cfg.validate_settings(data.get(cfg.SECTION, {}), where=f"In preset {path}: ")

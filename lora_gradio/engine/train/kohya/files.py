@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from lora_gradio.engine.errors import UserError
+from lora_gradio.engine.fsutil import read_user_toml
 from lora_gradio.engine.train import config as cfg
 from lora_gradio.engine.train.kohya.common import TRAINING_SECTIONS
 
@@ -30,8 +31,8 @@ def looks_like_kohya(data: Mapping[str, Any]) -> bool:
 def is_kohya_file(path: str | Path) -> bool:
     """Whether `path` is a readable TOML file in kohya's format (False for anything else)."""
     try:
-        return looks_like_kohya(tomllib.loads(Path(path).read_text(encoding="utf-8")))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return looks_like_kohya(read_user_toml(Path(path)))
+    except (OSError, UserError):
         return False
 
 
@@ -53,11 +54,9 @@ def split_uploaded(paths: list[str]) -> tuple[Path, Path | None]:
 def read_toml(path: Path) -> dict[str, Any]:
     """A kohya config file, parsed; a missing or broken file is a UserError."""
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        return read_user_toml(path, "The kohya config file")  # a BOM is fine (Windows editors); UTF-16, binary, a folder: one clear line
     except FileNotFoundError:
         raise UserError(f"{path} does not exist: check the path of the kohya config file.") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path} is not valid TOML ({exc}): fix it.") from None
 
 
 def _flatten(data: Mapping[str, Any]) -> dict[str, Any]:

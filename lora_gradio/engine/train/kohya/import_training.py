@@ -366,8 +366,16 @@ class TrainingFileReader(ImportState):
             why = "does not exist" if not path.is_file() else "is not a .txt file"
             self.notes.append(f"sample_prompts = {location} {why}: sample_prompts stay as they were.")
             return
+        from lora_gradio.engine.errors import UserError
+        from lora_gradio.engine.fsutil import read_user_text
+
+        try:
+            text = read_user_text(path, "The sample prompts file")
+        except UserError as exc:
+            self.notes.append(f"{exc} Until then sample_prompts stay as they were.")
+            return
         prompts, with_options = [], False
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for line in text.splitlines():
             line = line.strip()
             if line and not line.startswith("#"):
                 prompt, options, _ = line.partition(" --")  # kohya's per-prompt options: --n negative, --w width ...

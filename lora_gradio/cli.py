@@ -30,6 +30,46 @@ def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     )
 
 
+def _whole_number(low: int, high: "int | None", what: str) -> Callable[[str], int]:
+    """An argparse type: a whole number from `low` to `high`, else a message that gives the range."""
+
+    def parse(text: str) -> int:
+        shown = f"from {low} to {high}" if high is not None else f"of at least {low}"
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number: use a {what} {shown}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{value} is out of range: use a {what} {shown}")
+        return value
+
+    return parse
+
+
+def _port(text: str) -> "int | None":
+    """--port: 1 to 65535; 0 means what leaving it out means (the first free port from 7860)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port: use a port from 1 to 65535 (0: the first free one from 7860)") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is out of range: use a port from 1 to 65535 (0: the first free one from 7860)")
+    return value or None
+
+
+def _positive_number(what: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number: use a {what} above 0") from None
+        if not value > 0 or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"{text} is out of range: use a {what} above 0")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lora-gradio", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"lora_gradio {__version__}")
@@ -40,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ui = sub.add_parser("ui", parents=[common], help="start the page (the default command)")
     ui.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for the local network)")
-    ui.add_argument("--port", type=int, default=None, help="port (default: the first free one from 7860)")
+    ui.add_argument("--port", type=_port, default=None, help="port, 1 to 65535 (default, or 0: the first free one from 7860)")
     ui.add_argument("--share", action="store_true", help="also make a public gradio.live link (use with --auth)")
     ui.add_argument("--auth", default=None, metavar="USER:PASS", help="require this login on the page")
     ui.set_defaults(handler=cmd_ui)
@@ -60,18 +100,18 @@ def build_parser() -> argparse.ArgumentParser:
         p = dataset_sub.add_parser(name, parents=[common], help=help_text)
         p.add_argument("name", help="project name")
         if background:
-            p.add_argument("--background", action="store_true", help="run as a background job and print its id (watch it with `jobs show`)")
+            p.add_argument("--background", action="store_true", help="run as a background job and print its id (watch it with `jobs show NAME --follow`)")
         p.set_defaults(handler=cmd_dataset)
         return p
 
     dataset_action("count", "count images and captions per folder", background=False)
     dataset_action("check", "decode every image and list the unreadable ones")
-    dataset_action("to-jpeg", "convert PNG images to JPEG (originals to the trash)").add_argument("--quality", type=int, default=95, help="JPEG quality (default 95)")
-    dataset_action("shrink", "halve images over a size (originals to the trash)").add_argument("--max-mb", type=float, default=2.0, help="size limit in MB (default 2)")
+    dataset_action("to-jpeg", "convert PNG images to JPEG (originals to the trash)").add_argument("--quality", type=_whole_number(1, 100, "JPEG quality"), default=95, help="JPEG quality (default 95)")
+    dataset_action("shrink", "halve images over a size (originals to the trash)").add_argument("--max-mb", type=_positive_number("size in MB"), default=2.0, help="size limit in MB (default 2)")
     dataset_action("clean", "move files that are neither images nor captions to the trash")
     dataset_action("add", "copy images, caption files and zips into the dataset").add_argument("files", nargs="+", help="image, .txt or .zip files")
     dataset_action("trash", "list the trash batches", background=False)
-    dataset_action("restore", "put a trash batch back", background=False).add_argument("batch", help="batch id from `dataset trash`")
+    dataset_action("restore", "put a trash batch back", background=False).add_argument("batch", help="batch id from `dataset trash NAME`")
 
     scrape = sub.add_parser("scrape", parents=[common], help="download images from Gelbooru, Safebooru or Danbooru into the dataset")
     scrape.add_argument("name", help="project name")
@@ -129,8 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     tags.add_argument("--new-as-activation", action="store_true", help="put the replacement tags first (they become activation tags)")
     tags.add_argument("--sort", action="store_true", help="sort the tags alphabetically (activation tags stay first)")
     tags.add_argument("--dedupe", action="store_true", help="remove tags repeated within a caption")
-    tags.add_argument("--top", type=int, default=None, metavar="N", help="print the N most common tags (after the edits)")
+    tags.add_argument("--top", type=_whole_number(1, None, "count"), default=None, metavar="N", help="print the N most common tags (after the edits)")
     tags.add_argument("--undo", action="store_true", help="undo the last tag edit")
+    tags.add_argument("--force", action="store_true", help="with --undo: undo even captions changed since that edit (their current versions are saved first, so this undo can be undone)")
     tags.set_defaults(handler=cmd_tags)
 
     train = sub.add_parser("train", parents=[common], help="train a LoRA with the guide's settings (saved in the project)")
@@ -201,7 +242,7 @@ def cmd_project(args: argparse.Namespace) -> int:
     projects = _projects(args)
     if args.action == "list":
         names = projects.list()
-        print("\n".join(names) if names else f"No projects under {projects.root} yet: `project create NAME` makes one.")
+        print("\n".join(names) if names else f"No projects under {projects.root} yet: `lora-gradio project create NAME` makes one.")
         return 0
     project = projects.create(args.name) if args.action == "create" else projects.open(args.name)
     if args.action == "create":
@@ -270,7 +311,7 @@ def run_engine_function(project, kind: str, func: str, title: str, kwargs: dict[
     if background:
         job = jobs.start_job(project, kind, func, kwargs, title=title)
         print(job.id)
-        print(f"Started {title} as job {job.id}: follow it with `jobs show {project.base} {job.id} --follow`.", file=sys.stderr)
+        print(f"Started {title} as job {job.id}: follow it with `lora-gradio jobs show {project.base} {job.id} --follow`.", file=sys.stderr)
         return 0
     from lora_gradio.engine.progress import PrintProgress
 
@@ -280,6 +321,37 @@ def run_engine_function(project, kind: str, func: str, title: str, kwargs: dict[
         print(result.summary())
     elif result is not None:
         print(json.dumps(jobs.to_jsonable(result), indent=1))
+    return _exit_code(result)
+
+
+def _every_item_failed(result: Any) -> bool:
+    """True when the work had items and not one of them succeeded (every image unreadable, every
+    download failed): then the command must not exit 0, whatever the summary says."""
+    from lora_gradio.engine.archive import AddReport
+    from lora_gradio.engine.images import HygieneReport, Unreadable
+
+    failed = getattr(result, "failed", None)
+    if isinstance(result, Unreadable):  # dataset check
+        return result.checked > 0 and len(result) == result.checked
+    if isinstance(result, HygieneReport):  # to-jpeg, shrink, clean: every file it tried was skipped
+        return bool(result.skipped) and not result.changed
+    if isinstance(result, AddReport):  # dataset add: skips other than "already there" are failures
+        return not result.added and any("already there" not in reason for _, reason in result.skipped)
+    if failed:  # tag/caption (tagged), scrape (downloaded)
+        return not any(getattr(result, name, None) for name in ("tagged", "downloaded"))
+    unreadable = getattr(result, "unreadable", None)
+    images = getattr(result, "images", None)
+    if unreadable and images is not None:  # dedupe: every image unreadable
+        return len(unreadable) >= len(images)
+    if hasattr(result, "changed") and hasattr(result, "skipped") and hasattr(result, "total"):  # tag edits
+        return bool(result.skipped) and not result.changed and len(result.skipped) >= result.total
+    return False
+
+
+def _exit_code(result: Any) -> int:
+    if _every_item_failed(result):
+        print("error: every item failed (see above): nothing was done.", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -295,12 +367,9 @@ def cmd_scrape(args: argparse.Namespace) -> int:
     }
     settings = validate(scrape_run.ScrapeSettings, {**stored, **{k: v for k, v in given.items() if v is not None}}, where="scrape: ")
     credentials = {k: v for k, v in (("api_key", args.api_key), ("user_id", args.user_id), ("login", args.login)) if v} or None
-    if credentials and args.remember:
-        from lora_gradio.engine.scrape import save_credentials
-
-        save_credentials(settings.site, **credentials)
-        print(f"Saved the {settings.site} credentials in your settings file (readable only by you).", file=sys.stderr)
-    found = scrape_run.preview_search(settings, credentials)
+    if args.remember and not credentials:
+        raise UserError("--remember stores the credentials given with --api-key/--user-id/--login: give them too.")
+    found = scrape_run.preview_search(settings, credentials)  # a wrong key or site fails here, before anything is saved
     count = found["count"]
     print(f"{settings.site}: {'an unknown number of' if count is None else f'{count:,}'} posts for '{settings.tags}' (see them: {found['browser_url']})", file=sys.stderr)
     if not args.yes:
@@ -310,15 +379,21 @@ def cmd_scrape(args: argparse.Namespace) -> int:
         if answer.strip().lower() not in ("y", "yes"):
             print("Nothing downloaded.", file=sys.stderr)
             return 0
-    scrape_run.save_scrape_settings(project, settings)
+    if credentials and args.remember:
+        from lora_gradio.engine.scrape import save_credentials
+
+        save_credentials(settings.site, **credentials)
+        print(f"Saved the {settings.site} credentials in your settings file (readable only by you).", file=sys.stderr)
     kwargs = {"settings": to_dict(settings)}
     if args.background:
         from lora_gradio.engine import jobs
 
         job = jobs.start_job(project, "scrape", "lora_gradio.engine.scrape_run:scrape_project", kwargs, title="Download images", secret_env=scrape_run.credentials_env(credentials))
+        scrape_run.save_scrape_settings(project, settings)  # after the job started: a refused start changes nothing
         print(job.id)
-        print(f"Started the download as job {job.id}: follow it with `jobs show {project.base} {job.id} --follow`.", file=sys.stderr)
+        print(f"Started the download as job {job.id}: follow it with `lora-gradio jobs show {project.base} {job.id} --follow`.", file=sys.stderr)
         return 0
+    scrape_run.save_scrape_settings(project, settings)
     return run_engine_function(project, "scrape", "lora_gradio.engine.scrape_run:scrape_project", "Download images", {**kwargs, "credentials": credentials}, background=False)
 
 
@@ -326,6 +401,9 @@ def cmd_dedupe(args: argparse.Namespace) -> int:
     project = _projects(args).open(args.name)
     if not 0.0 <= args.threshold <= 1.0:
         raise UserError(f"--threshold {args.threshold} is not a similarity: use a number from 0 to 1 (the guide: 0.97 to 0.99).")
+    if args.background and (args.apply or args.apply_saved):
+        raise UserError(f"--apply runs after the search, in this terminal: leave out --background, or run the search with --background "
+                        f"and then `lora-gradio dedupe {project.base} --apply-saved`.")
     from lora_gradio.engine.dedupe import apply_marks, find_duplicates
 
     if args.apply_saved:
@@ -344,6 +422,8 @@ def cmd_dedupe(args: argparse.Namespace) -> int:
     for rel, reason in result.unreadable:
         print(f"unreadable: {rel}: {reason}", file=sys.stderr)
     print(result.summary())
+    if _every_item_failed(result):
+        return _exit_code(result)  # nothing to apply: every image was unreadable
     if args.apply:
         print(apply_marks(project).summary())
     elif result.marked:
@@ -399,18 +479,25 @@ def cmd_tags(args: argparse.Namespace) -> int:
     from lora_gradio.engine import tags as tag_edits
 
     project = _projects(args).open(args.name)
+    if args.force and not args.undo:
+        raise UserError("--force goes with --undo: lora-gradio tags NAME --undo --force.")
     if args.undo:
-        print(tag_edits.undo(project).summary())
+        print((tag_edits.undo(project, force=True) if args.force else tag_edits.undo(project)).summary())
         return 0
+    if (args.new_as_activation or args.mode != "OR") and not args.search:
+        raise UserError("--new-as-activation and --mode work on the tags of --search: give --search too.")
     edits = any([args.activation, args.remove, args.search, args.replace, args.sort, args.dedupe])
+    code = 0
     if edits:
-        print(tag_edits.curate(
+        report = tag_edits.curate(
             project, activation=args.activation, remove=args.remove, search=args.search, replace=args.replace,
             mode=args.mode, new_as_activation=args.new_as_activation, sort=args.sort, dedupe=args.dedupe,
-        ).summary())
+        )
+        print(report.summary())
+        code = _exit_code(report)
     if args.top or not edits:
         _print_tag_overview(project, args.top or 50)
-    return 0
+    return code
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -434,6 +521,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     kwargs = {"resume": args.resume, "dry_run": args.dry_run, "config_file": config_file, "overrides": args.overrides}
     if args.dry_run:
         return run_engine_function(project, "train", "lora_gradio.engine.train.loop:train_project", "Dry run", kwargs, background=False)
+    if args.background:
+        from lora_gradio.engine.train.loop import training_lock
+
+        with training_lock(project):  # a run already going: refused here, not in a job that fails later
+            pass
     return run_engine_function(project, "train", "lora_gradio.engine.train.loop:train_project", "Train LoRA", kwargs, background=args.background)
 
 

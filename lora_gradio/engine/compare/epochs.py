@@ -32,7 +32,7 @@ def choose_epochs(files: Sequence[Any], which: "str | Sequence[int]" = "all") ->
     """
     files = sorted(as_files(files), key=lambda item: item[0])
     if not files:
-        raise UserError("No saved epochs to compare: train first (Train tab, or `train NAME`).")
+        raise UserError("No saved epochs to compare: train first (Train tab, or `lora-gradio train NAME`).")
     try:
         choice = parse_epochs(epochs_text(which) if not isinstance(which, str) else which)
     except ValueError as exc:
@@ -104,7 +104,7 @@ def saved_epochs(project: Project) -> list[tuple[int, Path]]:
     files = epoch_files(project.output_dir, name)
     if not files:
         raise UserError(
-            f"No saved epochs of {name} in {project.output_dir}: train first (Train tab, or `train {project.base}`); "
+            f"No saved epochs of {name} in {project.output_dir}: train first (Train tab, or `lora-gradio train {project.base}`); "
             "keep save_every_n_epochs at 1 or 2 to have several epochs to compare."
         )
     return files

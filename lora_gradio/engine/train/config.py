@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from lora_gradio.engine.project import Project
 
 SECTION = "train"
-HELP_HINT = "see `train --help-settings`"
+HELP_HINT = "see `lora-gradio train --help-settings`"
 # min_snr_gamma = true means the paper's (and the notebook's) 5.0.
 DEFAULT_MIN_SNR_GAMMA = 5.0
 # The notebooks' base models (engine/train/models.py has their links): SD 1.5 guide, then the XL notebook.
@@ -281,9 +281,9 @@ def update_settings(project: "Project", changes: Mapping[str, Any], notes: "Opti
     """Change some settings and keep the others as stored, as one step: two saves of different
     settings at the same time both land. A new base model of another family brings its defaults
     (`offer_family_defaults`); what that changed is appended to `notes`."""
-    from lora_gradio.engine.project import SETTINGS_LOCK
+    from lora_gradio.engine.project import settings_lock
 
-    with SETTINGS_LOCK:
+    with settings_lock(project):  # a file lock: other threads, pages and command lines wait their turn
         old = settings_to_toml(load_settings(project))
         data = {**old, **changes}
         changed = offer_family_defaults(old, data, explicit=set(changes))

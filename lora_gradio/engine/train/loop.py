@@ -75,12 +75,12 @@ def prepare_settings(project: Project, config_file: "str | None" = None, overrid
 
 def _merge_file(settings: cfg.TrainSettings, path: Path, project: "Project | None" = None) -> cfg.TrainSettings:
     """Overlay this tool's settings file (a [train] section or top-level keys), or import kohya's training_config.toml."""
+    from lora_gradio.engine.fsutil import read_user_toml
+
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = read_user_toml(path, "The settings file")  # a BOM is fine; a folder, UTF-16 or binary file is one clear error
     except FileNotFoundError:
         raise UserError(f"Settings file {path} does not exist.") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"{path} is not valid TOML ({exc}): fix it.") from None
     from lora_gradio.engine.train import kohya
 
     if kohya.looks_like_kohya(data):
@@ -95,8 +95,9 @@ def _merge_file(settings: cfg.TrainSettings, path: Path, project: "Project | Non
 
 def dataset_folders(project: Project, settings: cfg.TrainSettings) -> list:
     """The folders to train on: `custom_dataset` if set, else the dataset folder (its subfolders too)."""
+    from lora_gradio.engine.fsutil import link_on_path
     from lora_gradio.engine.images import dataset_folders as image_folders
-    from lora_gradio.engine.train.data import DatasetFolder
+    from lora_gradio.engine.train.data import DatasetFolder, _list_images
 
     if settings.custom_dataset:
         folders = []
@@ -104,6 +105,8 @@ def dataset_folders(project: Project, settings: cfg.TrainSettings) -> list:
             path = project.dataset_root / entry.folder
             if not path.is_dir():
                 raise UserError(f"custom_dataset folder {entry.folder!r} does not exist in {project.dataset_root}: create it or fix the name.")
+            if link_on_path(path, project.dataset_root) is not None:
+                raise UserError(f"custom_dataset folder {entry.folder!r} is a link: the dataset tools do not follow links; copy the real folder into {project.dataset_root}.")
             folders.append(DatasetFolder(
                 path=path,
                 num_repeats=entry.num_repeats or settings.num_repeats,
@@ -112,16 +115,11 @@ def dataset_folders(project: Project, settings: cfg.TrainSettings) -> list:
                 flip_aug=settings.flip_aug if entry.flip_aug is None else entry.flip_aug,
             ))
         return folders
-    found = [p for p in image_folders(project) if any(_is_image(f) for f in p.iterdir())]
+    found = [p for p in image_folders(project) if _list_images(p)]
     if not found:
         raise UserError(f"No images in {project.dataset_dir}: add images on the Dataset tab (or copy them there) before training.")
     return [DatasetFolder(path=p, num_repeats=settings.num_repeats, keep_tokens=settings.activation_tags, flip_aug=settings.flip_aug) for p in found]
 
-
-def _is_image(path: Path) -> bool:
-    from lora_gradio.engine.fsutil import is_image_file
-
-    return path.is_file() and is_image_file(path)
 
 
 def step_plan(dataset: Any, settings: cfg.TrainSettings) -> StepPlan:
@@ -143,10 +141,25 @@ def state_dir(project: Project) -> Path:
 
 
 def read_state_info(project: Project) -> "dict | None":
+    """The saved state of an interrupted run (epoch, batch_index, global_step, settings...), or None.
+
+    A state that cannot be resumed (state.json cut short by a crash, of the wrong shape, or its
+    state.pt missing) is a `UserError` that names the file and says to start a new run."""
+    from lora_gradio.engine.fsutil import read_user_json
+
+    path = state_dir(project) / "state.json"
+    fix = "start a new run instead (it moves this state to the trash)"
     try:
-        return json.loads((state_dir(project) / "state.json").read_text(encoding="utf-8"))
-    except (FileNotFoundError, ValueError):
+        info = read_user_json(path, "The saved training state", fix)
+    except FileNotFoundError:
         return None
+    needed = {"settings": dict, "epoch": int, "batch_index": int, "global_step": int}
+    wrong = [key for key, kind in needed.items() if not isinstance(info, dict) or not isinstance(info.get(key), kind)]
+    if wrong:
+        raise UserError(f"The saved training state {path} is damaged (no valid {', '.join(wrong)}): it cannot be resumed; {fix}.")
+    if not (state_dir(project) / "state.pt").is_file():
+        raise UserError(f"The saved training state {path} has no state.pt beside it: it cannot be resumed; {fix}.")
+    return info
 
 
 def _save_state(project: Project, settings: cfg.TrainSettings, network: Any, optimizer: Any, scheduler: Any, epoch: int, batch_index: int, global_step: int, started_at: float) -> None:
@@ -196,6 +209,53 @@ def _clear_state(project: Project) -> None:
 
 
 def train_project(project: Project, resume: bool = False, dry_run: bool = False, progress: "Progress | None" = None, config_file: "str | None" = None, overrides: "list[str] | None" = None) -> TrainResult:
+    """Check, then train. A run holds the project's training lock from its first check to its end, so a
+    second run (a command line beside a background job, two pages) is refused before it changes anything;
+    a dry run only reads and takes no lock."""
+    if dry_run:
+        return _train_project(project, resume, True, progress, config_file, overrides)
+    with training_lock(project):
+        return _train_project(project, resume, False, progress, config_file, overrides)
+
+
+TRAINING_LOCK_WAIT_S = 1.0
+
+
+def training_lock_file(project: Project) -> Path:
+    """One lock per project; under `accelerate launch` each process of the run takes its own rank's."""
+    import os
+
+    from lora_gradio.engine.project import LOCKS_FOLDER
+
+    rank = os.environ.get("RANK", "0") if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 else "0"
+    return project.config_dir / LOCKS_FOLDER / ("training.lock" if rank in ("", "0") else f"training.rank{rank}.lock")
+
+
+def training_lock(project: Project):
+    """Hold the project's training lock, or refuse (UserError) naming the run that holds it and how to stop it."""
+    from contextlib import ExitStack, contextmanager
+
+    from lora_gradio.engine.locks import describe_holder, exclusive
+
+    lock_file = training_lock_file(project)
+
+    @contextmanager
+    def held():
+        with ExitStack() as stack:
+            try:
+                stack.enter_context(exclusive(lock_file, f"Training of {project.base!r}", wait_s=TRAINING_LOCK_WAIT_S))
+            except UserError:
+                raise UserError(
+                    f"Project {project.base!r} is already training ({describe_holder(lock_file)}): nothing was changed. "
+                    f"Wait for that run to finish, or stop it: a background job with `lora-gradio jobs cancel {project.base}`, "
+                    "a run in a terminal with Ctrl+C there."
+                ) from None
+            yield
+
+    return held()
+
+
+def _train_project(project: Project, resume: bool, dry_run: bool, progress: "Progress | None", config_file: "str | None", overrides: "list[str] | None") -> TrainResult:
     progress = progress or Progress()
     notes: list[str] = []
     settings = prepare_settings(project, config_file, overrides, resume, notes)
@@ -223,11 +283,8 @@ def train_project(project: Project, resume: bool = False, dry_run: bool = False,
     check_optimizer_installed(settings.optimizer, _cuda_available())
     if dry_run:
         return TrainResult(output_name, total_epochs=plan.epochs, steps=plan.total_steps, dry_run=True, plan=plan.explain().splitlines()[-1])
-    if (config_file or overrides) and not resume:
-        cfg.save_settings(project, settings)  # what this run used is what the project now holds
-    if not resume:
-        settings = _set_aside_previous_run(project, settings, output_name, progress)
-    return _run(project, settings, dataset, plan, output_name, resume, progress)
+    save = bool(config_file or overrides) and not resume
+    return _run(project, settings, dataset, plan, output_name, resume, progress, save_settings=save)
 
 
 def _cuda_available() -> bool:
@@ -259,7 +316,8 @@ def _allow_fp16_gradients(accelerator: Any) -> None:
     scaler._unscale_grads_ = lambda optimizer, inv_scale, found_inf, allow_fp16: unscale(optimizer, inv_scale, found_inf, True)
 
 
-def _run(project: Project, settings: cfg.TrainSettings, dataset: Any, plan: StepPlan, output_name: str, resume: bool, progress: Progress) -> TrainResult:
+def _run(project: Project, settings: cfg.TrainSettings, dataset: Any, plan: StepPlan, output_name: str, resume: bool, progress: Progress,
+         save_settings: bool = False) -> TrainResult:
     import torch
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -291,6 +349,11 @@ def _run(project: Project, settings: cfg.TrainSettings, dataset: Any, plan: Step
     from lora_gradio.engine.train.preflight import check_loaded_model
 
     check_loaded_model(settings, model)  # a link or repo id: its family is known only now
+    # Everything is checked (and the model downloaded): only now does the run change the project.
+    if save_settings:
+        cfg.save_settings(project, settings)  # what this run used is what the project now holds
+    if not resume:
+        settings = _set_aside_previous_run(project, settings, output_name, progress)
     for note in model.notes:
         progress.log(note)
     for part in (model.unet, model.vae, *model.text_encoders):
@@ -387,7 +450,7 @@ def _run(project: Project, settings: cfg.TrainSettings, dataset: Any, plan: Step
             except Cancelled:
                 if main:
                     _save_state(project, settings, raw_network, optimizer, lr_scheduler, epoch, index, global_step, started_at)
-                progress.log(f"stopped at epoch {epoch + 1}, step {global_step}: `train {project.base} --resume` continues from here")
+                progress.log(f"stopped at epoch {epoch + 1}, step {global_step}: `lora-gradio train {project.base} --resume` continues from here")
                 raise
             captions = [process_caption(item.caption_text, item.keep_tokens, shuffle, rng) for item, _ in batch]
             is_reg = [item.is_reg for item, _ in batch]

@@ -22,6 +22,9 @@ def check_model_settings(settings: cfg.TrainSettings) -> List[str]:
     from lora_gradio.engine.train.models import classify_spec
 
     classify_spec(settings.training_model)  # a typo in a preset name or path is refused here, not after a download
+    from lora_gradio.engine.train.sampling import check_sample_prompts
+
+    check_sample_prompts(settings.sample_prompts)
     family_key = cfg.model_family(settings.training_model)
     notes: List[str] = []
     if family_key is not None:

@@ -49,6 +49,37 @@ def parse_prompt(text: str, resolution: int, seed: int) -> SamplePrompt:
     return sample
 
 
+# kohya's inline options: (name, allowed range, what it sets). Sizes must also be multiples of 8.
+SAMPLE_OPTION_RANGES = {"w": (64, 2048, "width"), "h": (64, 2048, "height"), "s": (1, 150, "steps"), "l": (0, 30, "CFG scale"),
+                        "d": (0, 2**32 - 1, "seed")}
+
+
+def check_sample_prompts(prompts: list[str]) -> None:
+    """Refuse, before a run starts, sample prompt options that are not numbers or out of range (the run
+    itself would round or skip them silently), with the range of each."""
+    from lora_gradio.engine.errors import UserError
+
+    problems = []
+    for number, text in enumerate(prompts, 1):
+        parts = re.split(r"\s--(?=[nwhsld]\s)", " " + text.strip())
+        for part in parts[1:]:
+            key, _, value = part.partition(" ")
+            if key not in SAMPLE_OPTION_RANGES:
+                continue
+            low, high, label = SAMPLE_OPTION_RANGES[key]
+            try:
+                amount = float(value.strip())
+            except ValueError:
+                problems.append(f"prompt {number}: --{key} {value.strip()!r} is not a number ({label}, {low} to {high})")
+                continue
+            if not low <= amount <= high or (key in "whsd" and not amount.is_integer()):
+                problems.append(f"prompt {number}: --{key} {value.strip()} is out of range ({label}: {low} to {high})")
+            elif key in "wh" and int(amount) % 8:
+                problems.append(f"prompt {number}: --{key} {int(amount)} is not a multiple of 8 ({label})")
+    if problems:
+        raise UserError("sample_prompts: " + "; ".join(problems) + ". Fix these options (kohya's --w --h --s --l --d).")
+
+
 def sampling_pipeline(model: Any) -> Any:
     """A diffusers pipeline of the model's family with Euler a, set for the model's prediction type
     (v-prediction with zero terminal SNR samples from the last timestep: "trailing" spacing)."""

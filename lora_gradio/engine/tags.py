@@ -529,7 +529,7 @@ def undo(project: Project, force: bool = False) -> TagReport:
             why = "" if not legacy else " (an older version saved this snapshot without recording what the edit wrote, so any file the edit changed counts)"
             raise UserError(
                 f"{len(changed)} caption file(s) changed after {operation!r}{why} ({first_few(changed)}): undoing it now would overwrite "
-                f"those changes, so nothing was restored. Keep them, or undo anyway with `tags {project.name} --undo --force`, "
+                f"those changes, so nothing was restored. Keep them, or undo anyway (the page's Undo anyway, or `lora-gradio tags {project.name} --undo --force`), "
                 "which saves the current versions first so that undo can itself be undone."
             )
         report = TagReport(project=project.name, action=operation, restored=True)

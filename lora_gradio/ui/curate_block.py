@@ -83,6 +83,8 @@ def build_curate_block(blocks: "gr.Blocks", projects: Projects, project_dropdown
             dedupe = gr.Checkbox(value=False, label="Remove repeated tags", elem_id="lg-curate-dedupe")
             apply = gr.Button("Apply to all captions", variant="primary", elem_id="lg-curate-apply")
             undo = gr.Button("Undo last edit", elem_id="lg-curate-undo")
+            # When captions changed since the edit, Undo refuses; this undoes anyway after saving them as an undo step.
+            undo_force = gr.Button("Undo anyway (keeps the changed captions as an undo step)", elem_id="lg-curate-undo-force", size="sm")
         message = gr.Markdown(elem_classes=["lg-message"], elem_id="lg-curate-message")
         undo_list = gr.Markdown(elem_id="lg-curate-undo-list")
 
@@ -115,12 +117,15 @@ def build_curate_block(blocks: "gr.Blocks", projects: Projects, project_dropdown
             text += f" The search matched {report.matched} file(s)."
         return (ok(escape(text)), undo_list_text(projects, project_name), *tag_overview(projects, project_name, n))
 
-    @shown_errors(5)
-    def do_undo(project_name, n):
-        from lora_gradio.engine.tags import undo as undo_last
+    def undo_handler(force: bool):
+        @shown_errors(5)
+        def do_undo(project_name, n):
+            from lora_gradio.engine.tags import undo as undo_last
 
-        report = undo_last(open_project(projects, project_name))
-        return (ok(escape(report.summary())), undo_list_text(projects, project_name), *tag_overview(projects, project_name, n))
+            report = undo_last(open_project(projects, project_name), force=force)
+            return (ok(escape(report.summary())), undo_list_text(projects, project_name), *tag_overview(projects, project_name, n))
+
+        return do_undo
 
     def load_project(project_name, n):
         from lora_gradio.engine.tags import saved_activation
@@ -147,7 +152,8 @@ def build_curate_block(blocks: "gr.Blocks", projects: Projects, project_dropdown
     show.click(overview, inputs=[project_dropdown, top_n], outputs=overview_outputs)
     apply.click(do_apply, inputs=[project_dropdown, activation, remove, search, replace, mode, new_as_activation, sort, dedupe, top_n],
                 outputs=[message, undo_list, *overview_outputs])
-    undo.click(do_undo, inputs=[project_dropdown, top_n], outputs=[message, undo_list, *overview_outputs])
+    undo.click(undo_handler(False), inputs=[project_dropdown, top_n], outputs=[message, undo_list, *overview_outputs])
+    undo_force.click(undo_handler(True), inputs=[project_dropdown, top_n], outputs=[message, undo_list, *overview_outputs])
     project_dropdown.change(load_project, inputs=[project_dropdown, top_n], outputs=[activation, undo_list, *overview_outputs])
     blocks.load(load_project, inputs=[project_dropdown, top_n], outputs=[activation, undo_list, *overview_outputs])
     compat.poll(blocks, watch_tagging, project_dropdown, overview_outputs, seconds=WATCH_SECONDS, memory=True)

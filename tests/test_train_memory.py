@@ -104,8 +104,11 @@ def test_latent_caching_is_its_own_phase_and_encodes_fewer_images_when_they_are_
 def test_versions_and_bad_input():
     assert est("sd_v2").total > est("sd_v1").total  # the bigger text encoder
     assert est("sd15").total == est("sd_v1").total
-    with pytest.raises(UserError, match="sd_v1"):
-        est("sdxl")
+    assert est("sdxl").total > est("sd_v2").total
+    for alias in ("sdxl_base_v1-0", "sdxl_base_v1-0_v", "SDXL"):
+        assert memory.canonical_version(alias) == "sdxl" and est(alias).total == est("sdxl").total
+    with pytest.raises(UserError, match="sdxl"):
+        est("sd3")
 
 
 # Fitting and suggestions -------------------------------------------------------------------------
@@ -209,6 +212,156 @@ def test_model_version_without_loading():
     assert version == "sd_v1" and "assumed" in how
 
 
+@pytest.mark.parametrize("preset", ["illustrious", "noobai_eps", "noobai_vpred", "pony", "animagine", "sdxl"])
+def test_model_version_knows_the_sdxl_presets(preset):
+    version, how = memory.model_version(xl_settings(training_model=preset))
+    assert version == "sdxl" and preset in how
+
+
+def test_model_version_reads_sdxl_from_a_file_header_or_a_diffusers_folder(tmp_path, monkeypatch):
+    import json
+    import struct
+
+    def safetensors(path, keys):
+        header = json.dumps({k: {"dtype": "F16", "shape": [1], "data_offsets": [2 * i, 2 * i + 2]} for i, k in enumerate(keys)}).encode()
+        path.write_bytes(struct.pack("<Q", len(header)) + header + bytes(2 * len(keys)))
+        return path
+
+    from lora_gradio.engine.train import models
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("model_version must not load weights")
+
+    monkeypatch.setattr(models, "load_ckpt_state_dict", no_loading)
+    xl = safetensors(tmp_path / "xl.safetensors", ["conditioner.embedders.0.transformer.x", "conditioner.embedders.1.model.x", "model.diffusion_model.x"])
+    assert memory.model_version(xl_settings(training_model=str(xl))) == ("sdxl", "read from xl.safetensors")
+    folder = tmp_path / "xl-diffusers"
+    folder.mkdir()
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
+    assert memory.model_version(xl_settings(training_model=str(folder)))[0] == "sdxl"
+
+
+# SDXL --------------------------------------------------------------------------------------------
+
+# The XL notebook's defaults (docs: its training cell), with gradient checkpointing on.
+XL_DEFAULTS = dict(
+    training_model="illustrious", resolution=1024, min_bucket_reso=256, max_bucket_reso=4096, bucket_reso_steps=64,
+    train_batch_size=4, lora_type="LoRA", network_dim=8, network_alpha=4, optimizer="AdamW8bit", mixed_precision="full_fp16",
+    gradient_checkpointing=True, unet_lr=3e-4, text_encoder_lr=6e-5, max_token_length=225,
+)
+# A free Colab T4: 16 GB, about 15 GiB free once the CUDA context is up.
+T4 = (15 * GiB, 16 * GiB, "Tesla T4")
+
+
+def xl_settings(**changes) -> TrainSettings:
+    return TrainSettings(**{**XL_DEFAULTS, **changes})
+
+
+def part(estimate, start: str, phase: str = "training") -> int:
+    return next(v for k, v in estimate.phases[phase].items() if k.startswith(start))
+
+
+def test_the_xl_defaults_here_are_the_settings_defaults_for_sdxl():
+    family = pytest.importorskip("lora_gradio.engine.train.family")
+    mine = {k: v for k, v in XL_DEFAULTS.items() if k in family.SDXL_DEFAULTS}
+    assert mine == {k: family.SDXL_DEFAULTS[k] for k in mine} and len(mine) >= 8
+
+
+def test_the_xl_defaults_fit_a_t4_with_gradient_checkpointing():
+    report = memory.check_training_memory(xl_settings(), gpu=T4)
+    e = report.estimate
+    assert e.version == "sdxl" and e.precision == "full_fp16" and e.bucket == (1024, 1024)
+    assert report.verdict == "fits" and not report.suggestions
+    assert 10.0 * GiB < e.total < 11.5 * GiB, e.summary()  # 10.6 GiB with the constants of this version
+    assert e.peak_phase == "training"
+    assert part(e, "UNet weights (fp16)") == 2 * 2_567_463_684
+    assert part(e, "text encoders (CLIP-L + bigG) weights (fp16)") == 2 * (123_060_480 + 694_659_840)
+
+
+def test_the_xl_defaults_without_checkpointing_are_refused_on_a_t4_with_the_change_that_fits():
+    s = xl_settings(gradient_checkpointing=False)
+    report = memory.check_training_memory(s, gpu=T4)
+    assert report.verdict == "too_big" and not report.fits
+    assert report.estimate.total > 30 * GiB, report.estimate.summary()  # 36 GiB: a batch of 4 at 1024 px keeps every activation
+    first = report.suggestions[0]
+    assert first.changes == {"gradient_checkpointing": True} and first.fits
+    assert memory.estimate_memory(apply(s, first.changes), "sdxl").total == first.total
+    batch = next(x for x in report.suggestions if "train_batch_size" in x.changes)
+    assert batch.changes == {"train_batch_size": 1} and not batch.fits  # even one 1024 px image does not fit
+    cached = next(x for x in report.suggestions if "cache_text_encoder_outputs" in x.changes)
+    assert cached.total < report.estimate.total and not cached.fits
+    with pytest.raises(UserError) as refused:
+        memory.refuse_if_too_big(report)
+    message = str(refused.value)
+    assert "Will not fit on Tesla T4" in message and "shared memory" in message
+    assert "Change this to make it fit: turn on gradient_checkpointing" in message
+    memory.refuse_if_too_big(memory.check_training_memory(xl_settings(), gpu=T4))  # fits: no error
+    memory.refuse_if_too_big(memory.check_training_memory(s, gpu=None))  # the CPU: no GPU memory to refuse
+
+
+def test_when_nothing_single_fits_the_combination_is_offered_for_sdxl():
+    # Mixed precision, AdamW and LoCon 32 at batch 8 on a T4: no single change is enough.
+    s = xl_settings(train_batch_size=8, gradient_checkpointing=False, mixed_precision="fp16", optimizer="AdamW",
+                    lora_type="LoCon", network_dim=32, network_alpha=16, conv_dim=16, conv_alpha=8)
+    report = memory.check_training_memory(s, gpu=T4)
+    assert report.verdict == "too_big"
+    texts = " | ".join(x.text for x in report.suggestions)
+    assert "full_fp16" in texts and "cache_text_encoder_outputs" in texts and "AdamW8bit" in texts
+    last = report.suggestions[-1]
+    assert last.text.startswith("all together") and last.fits
+    assert last.changes["gradient_checkpointing"] is True
+    again = memory.estimate_memory(apply(s, last.changes), "sdxl")
+    assert again.total == last.total and again.total * (1 + memory.HEADROOM) <= T4[0]
+    # SDXL's resolution is the last thing lowered, and never below 512
+    reso = [x for x in report.suggestions if "resolution" in x.changes]
+    assert all(x.changes["resolution"] >= 512 for x in reso)
+    assert "Change this to make it fit" in _refusal(report) or "No change" in _refusal(report)
+
+
+def _refusal(report) -> str:
+    with pytest.raises(UserError) as refused:
+        memory.refuse_if_too_big(report)
+    return str(refused.value)
+
+
+def test_full_16_bit_precision_keeps_the_network_gradients_and_optimizer_in_16_bits():
+    mixed, full = est("sdxl", **{**XL_DEFAULTS, "mixed_precision": "fp16", "optimizer": "AdamW"}), est("sdxl", **{**XL_DEFAULTS, "optimizer": "AdamW"})
+    assert (mixed.precision, full.precision) == ("fp16", "full_fp16")
+    params = sum(memory.network_params("sdxl", "LoRA", 8, 8, True).values())
+    assert part(mixed, "LoRA network (fp32") == 4 * params and part(full, "LoRA network (fp16") == 2 * params
+    assert part(mixed, "gradients (fp32)") == 4 * params and part(full, "gradients (fp16)") == 2 * params
+    assert part(full, "optimizer state (AdamW, 16-bit)") == pytest.approx(part(mixed, "optimizer state (AdamW)") / 2, rel=0.01)
+    # the frozen weights and the activations are the same: only the network's bytes change
+    assert part(full, "UNet weights (fp16)") == part(mixed, "UNet weights (fp16)")
+    assert part(full, "activations") == part(mixed, "activations")
+    assert full.total < mixed.total
+    assert est("sdxl", **{**XL_DEFAULTS, "mixed_precision": "full_bf16"}).precision == "full_bf16"
+    assert est("sdxl", on_cuda=False, **XL_DEFAULTS).precision == "no"  # the CPU trains in fp32
+    assert "full fp16" in full.summary()
+
+
+def test_cached_text_encoder_outputs_take_the_encoders_off_the_gpu():
+    plain, cached = est("sdxl", **XL_DEFAULTS), est("sdxl", **XL_DEFAULTS, cache_text_encoder_outputs=True)
+    assert not any(k.startswith("text encoders") for k in cached.phases["training"])
+    per_image = (77 * 3 * 2048 + 1280) * 2  # [231, 2048] states and the pooled [1280], fp16
+    assert part(cached, "cached text-encoder outputs (100 images)") == 100 * per_image
+    assert "cached text-encoder outputs" in " ".join(cached.notes)
+    # the encoders, as loaded (fp32), encode every caption once, then leave the GPU; their LoRA is not trained
+    caching = cached.phases["caching text-encoder outputs"]
+    assert part(cached, "text encoders (CLIP-L + bigG) weights (fp32)", "caching text-encoder outputs") == 2 * part(plain, "text encoders")
+    assert part(cached, "encoding (8 captions)", "caching text-encoder outputs") == 8 * 3 * 77 * memory._TEXT_CACHE_ENCODE_PER_TOKEN["sdxl"]
+    assert sum(caching.values()) < cached.phase_total("training")
+    assert part(cached, "LoRA network") == 2 * memory.network_params("sdxl", "LoRA", 8, 8, False)["unet"]
+    assert cached.total < plain.total - 1.5 * GiB
+
+
+def test_sdxl_latent_caching_and_samples():
+    e = est("sdxl", **XL_DEFAULTS, sample_prompts=["1girl --w 832 --h 1216"], sample_every_n_epochs=1)
+    assert part(e, "VAE encoding (1 image at 1024x1024)", "caching latents") > 2 * GiB  # fp32 VAE at 1024 px
+    sampling = e.phases["making sample images"]
+    assert any("832x1216" in k for k in sampling) and any(k.startswith("text encoders") for k in sampling)
+
+
 # The measurements behind the constants -----------------------------------------------------------
 
 
@@ -299,3 +452,32 @@ def test_a_gpu_run_logs_its_real_peak_beside_the_estimate():
     line = memory.peak_report(estimate, allocated=int(expected / 1.25), reserved=expected)
     assert line.startswith("GPU memory: peak ") and f"while {estimate.peak_phase} (+25%)" in line
     assert "(-20%)" in memory.peak_report(estimate, allocated=int(expected / 0.8), reserved=expected)
+
+
+@pytest.mark.parametrize(
+    "precision, checkpointing, lora_type, dim, conv_dim, train_te, batch, reso, tokens",
+    [
+        ("full_fp16", True, "LoRA", 8, 8, True, 4, 1024, 225),  # the XL notebook's defaults
+        ("bf16", True, "LoCon", 24, 12, False, 2, 896, 150),
+    ],
+)
+def test_the_constants_agree_with_a_fresh_measurement_of_sdxl(precision, checkpointing, lora_type, dim, conv_dim, train_te, batch, reso, tokens):
+    unet, te, network = me.build("sdxl", lora_type, dim, conv_dim, train_te, precision, checkpointing)
+    measured = me.activation(me.measure_step(unet, te, network, batch=batch, height=reso, width=reso, max_token_length=tokens, train_te=train_te, precision=precision), "sdxl")
+    estimate = me.estimated_activations("sdxl", precision, checkpointing, lora_type, dim, conv_dim, train_te, batch, reso, tokens)
+    assert 0 <= (estimate - measured) / measured < 0.05  # never below the measurement
+    assert memory.network_params("sdxl", lora_type, dim, conv_dim, train_te) == me.network_param_counts(network)
+
+
+@pytest.mark.parametrize("lora_type, unet_modules", [("LoRA", 722), ("LoCon", 788)])
+def test_sdxl_network_parameters_are_create_networks(lora_type, unet_modules):
+    """Our network over the real-size SDXL on the meta device: kohya's module counts (text encoders
+    72 + 192), and the parameters memory.py counts."""
+    unet = me.build_unet("sdxl")
+    te = me.build_text_encoder("sdxl")
+    network = me.attach_network(unet, te, lora_type, 8, 4, 8, 4, True)
+    counts = network.module_counts()
+    assert counts["unet"] == unet_modules
+    assert sum(v for k, v in counts.items() if k.startswith("text_encoder")) == 72 + 192
+    assert memory.network_params("sdxl", lora_type, 8, 8, True) == me.network_param_counts(network)
+    assert memory.network_params("sdxl", lora_type, 8, 8, False)["text_encoder"] == 0

@@ -338,7 +338,12 @@ def _run(project: Project, settings: cfg.TrainSettings, dataset: Any, plan: Step
         _allow_fp16_gradients(accelerator)
     device = accelerator.device
     if on_cuda and accelerator.is_main_process:
-        _log_memory_plan(settings, progress)
+        report = _log_memory_plan(settings, progress)
+        if report is not None:
+            from lora_gradio.engine.train.memory import refuse_if_too_big
+
+            # Too big is refused with the change that fits: spilling into shared memory makes SDXL 10-100x slower.
+            refuse_if_too_big(report)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
     set_seed(settings.seed)
     started_at = time.time()
@@ -503,16 +508,18 @@ def _run(project: Project, settings: cfg.TrainSettings, dataset: Any, plan: Step
     return result
 
 
-def _log_memory_plan(settings: cfg.TrainSettings, progress: Progress, gpu: Any = True) -> None:
-    """The page's memory check, at the top of the run's log (the command line shows it nowhere else)."""
+def _log_memory_plan(settings: cfg.TrainSettings, progress: Progress, gpu: Any = True) -> Any:
+    """The page's memory check, at the top of the run's log (the command line shows it nowhere else);
+    returns the report (None when the model cannot be estimated yet)."""
     from lora_gradio.engine.train import memory
 
     try:
         report = memory.check_training_memory(settings, gpu=gpu)
     except UserError:
-        return  # an unusable model: loading it says so, with the fix
+        return None  # an unusable model: loading it says so, with the fix
     for line in report.summary().splitlines():
         progress.log(line)
+    return report
 
 
 def _log_peak_memory(settings: cfg.TrainSettings, version: str, device: Any, progress: Progress) -> None:

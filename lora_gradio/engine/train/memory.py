@@ -1,23 +1,32 @@
 """Will the training run fit on the GPU? An estimate of its memory, before anything loads, and what to change.
 
 `estimate_memory(settings, version)` adds up, in bytes, what a run of loop.py holds on the GPU at its
-peak, phase by phase (loop.py's order):
+peak, phase by phase (loop.py's order), for SD 1.x ("sd_v1"), SD 2.x ("sd_v2") and SDXL ("sdxl"):
 
 - caching latents: the VAE in fp32 and its encoder working on a batch of the largest bucket (4 images at 512 px, fewer above)
   (the UNet and the text encoder are not on the GPU yet; the VAE leaves it afterwards);
-- training: the frozen UNet and text encoder in the weight dtype (fp16/bf16, fp32 without mixed precision),
-  the network in fp32 with its gradients and the optimizer's state, and the activations of one step at the
-  largest bucket (forward and backward, with or without gradient checkpointing, the text encoder's when it
-  trains, at the caption length);
+- caching text-encoder outputs (with cache_text_encoder_outputs): the text encoder(s) and the cache;
+- training: the frozen UNet and text encoder(s) in the weight dtype (fp16/bf16, fp32 without mixed precision)
+  — with cache_text_encoder_outputs the cached outputs instead of the encoders —, the network with its
+  gradients (fp32 with mixed precision, 16 bits with full_fp16/full_bf16) and the optimizer's state, and
+  the activations of one step at the largest bucket (forward and backward, with or without gradient
+  checkpointing, the text encoders' when they train, at the caption length);
 - sample images (when prompts are set): the same weights and optimizer state, the VAE in fp32 again, and
   one UNet call with classifier-free guidance (batch 2) or the VAE decoding, at the largest sample size;
 plus the CUDA context. The total is the largest phase.
 
+SDXL's step, as measured: both text encoders (CLIP-L 768 and bigG 1280) run on the [batch * chunks, 77]
+token ids; the UNet gets their penultimate states concatenated, [batch, max_token_length + 2, 2048], and
+`added_cond_kwargs` (bigG's pooled output [batch, 1280] and the six size conditions [batch, 6]); the LoRA
+covers the UNet (722 LoRA / 788 LoCon modules) and, when the text encoder trains, both encoders (72 + 192).
+
 Nothing here is guessed: the activation, optimizer and parameter figures below were measured on the
-real-size SD1.5 and SD2 architectures by `benchmarks/memory_estimate.py` (see its docstring and the comment
-above the constants). `check_fits(estimate, free_bytes)` compares the total with the GPU's free memory and
-suggests changes, each re-estimated with the changed setting. `check_training_memory(settings)` does all
-of it for the page and the command line. No torch import here: the page stays fast.
+real-size SD1.5, SD2 and SDXL architectures by `benchmarks/memory_estimate.py` (see its docstring and the
+comment above the constants); the one nominal figure is the number of images whose text-encoder outputs
+are cached (`NOMINAL_CACHED_IMAGES`). `check_fits(estimate, free_bytes)` compares the total with the GPU's
+free memory and suggests changes, each re-estimated with the changed setting; `refuse_if_too_big(report)`
+stops a CUDA run whose verdict is "too_big". `check_training_memory(settings)` does all of it for the page
+and the command line. No torch import here: the page stays fast.
 """
 
 from __future__ import annotations
@@ -36,7 +45,20 @@ from lora_gradio.engine.train.latents import encode_batch_size
 MiB = 1 << 20
 GiB = 1 << 30
 
-VERSIONS = {"sd_v1": "sd_v1", "sd15": "sd_v1", "sd1": "sd_v1", "sd_v2": "sd_v2", "sd_v2_v": "sd_v2", "sd2": "sd_v2"}
+VERSIONS = {"sd_v1": "sd_v1", "sd15": "sd_v1", "sd1": "sd_v1", "sd_v2": "sd_v2", "sd_v2_v": "sd_v2", "sd2": "sd_v2",
+            # SDXL: ours, and kohya's ss_base_model_version values (eps and v-prediction take the same memory).
+            "sdxl": "sdxl", "sdxl_v": "sdxl", "sdxl_base_v1-0": "sdxl", "sdxl_base_v1-0_v": "sdxl"}
+# The settings' SDXL presets (config.MODEL_PRESETS: the XL notebook's base models).
+SDXL_PRESETS = ("illustrious", "noobai_eps", "noobai_vpred", "pony", "animagine", "sdxl")
+# The UNet's context channels per token, and SDXL's pooled text vector: what cached text-encoder outputs hold.
+_CONTEXT_DIM = {"sd_v1": 768, "sd_v2": 1024, "sdxl": 768 + 1280}
+_POOLED_DIM = {"sd_v1": 0, "sd_v2": 0, "sdxl": 1280}
+# With cache_text_encoder_outputs the cache holds one entry per image, but the estimate does not know the
+# dataset: it counts this many images (the XL notebook's "images x repeats around 100"). 100 SDXL images at
+# 225 tokens are 88 MiB in fp16: a small share, so the nominal count costs little accuracy.
+NOMINAL_CACHED_IMAGES = 100
+# text_cache.TextEncoderCache encodes the captions this many at a time, with the encoders as loaded (fp32).
+TEXT_CACHE_BATCH = 8
 # Sampling runs the UNet on the prompt and the negative prompt together (classifier-free guidance).
 SAMPLING_BATCH = 2
 # How much room the estimate should leave: a policy, not a measurement. The estimate leaves out the
@@ -49,7 +71,7 @@ HEADROOM = 0.10
 CUDA_CONTEXT_BYTES = 287_047_680
 
 # ---- Measured constants ------------------------------------------------------------------------------
-# Written on a 2-core CPU (no GPU) by benchmarks/memory_estimate.py, about 10 minutes per version:
+# Written on a 2-core CPU (no GPU) by benchmarks/memory_estimate.py, about 10 minutes per SD version:
 #   PYTHONPATH=DIR python benchmarks/memory_estimate.py --fit --versions sd_v1 --json-out v1.json
 #   python benchmarks/memory_estimate.py --fit --versions sd_v2 --no-optimizers --json-out v2.json
 #   python benchmarks/memory_estimate.py --merge v1.json v2.json       # prints the literals below
@@ -62,19 +84,37 @@ CUDA_CONTEXT_BYTES = 287_047_680
 # fitted the activations below are within 0.22% of a fresh measurement (`--check`). The fits never
 # underestimate a measured point; with gradient checkpointing, LoHa/LoKr/DoRA (which rebuild full weights
 # per block) overestimate by up to 20% (LoRA, LoCon and IA3: under 1%).
+# _BASE_PARAMS' SD UNets are the UNets alone (the first fit had subtracted a LoRA's 6.8M/6.9M parameters).
+#
+# SDXL (the same measurement with both text encoders and kohya's SDXL step, see memory_estimate.py), on the
+# same 2-core CPU with torch 2.13, diffusers 0.42.1, transformers 5.25, lycoris-lora 4.1.3:
+#   python benchmarks/memory_estimate.py --fit --versions sdxl --no-optimizers --json-out xl.json   # 49 min
+#   PYTHONPATH=DIR python benchmarks/memory_estimate.py --fit --optimizers-only --versions sd_v1 --json-out opt.json   # 7 min
+# the full grid (every type and precision; points at 768 and 1024 px, batch 1-2, 75/225 tokens, dims
+# 16/64, conv 8/32), pasted in with SD's. SDXL's activations are the largest non-gradient total of the step
+# (memory_estimate.activation: with checkpointing SDXL's peak moves as the network grows, which SD's
+# definition does not follow linearly). XL_CHECK_SENTENCE
+# full_fp16/full_bf16 use the mixed 16-bit activations (`--check` points: the same within 1%, never below)
+# and _OPTIMIZER_BYTES_PER_PARAM_16BIT (the optimizers over a 16-bit network: their state follows it).
 #
 # _UNET_ACTIVATIONS[version][precision][checkpointing][lora_type] = coefficients of
 #   batch*latent_px, batch*latent_px*network_dim, batch*latent_px*conv_dim, batch*(max_token_length+2),
 #   1, unet_network_params
 # where latent_px = (width/8)*(height/8) of the largest bucket: the step's peak above the weights, less the
-# gradients alive at that moment, with the text encoder frozen (text_encoder_lr = 0).
-# _TEXT_ENCODER_ACTIVATIONS[...] = coefficients of batch*chunks*77 and 1: what training the text encoder
-# adds (chunks = max_token_length / 75).
-# _NETWORK_PARAMS[version][lora_type] = {"unet": (fixed, per network_dim, per conv_dim), "text_encoder": (fixed, per network_dim)}.
-# _OPTIMIZER_BYTES_PER_PARAM[optimizer][lora_type] = (state, extra during the step), per trained parameter.
+# gradients alive at that moment (SDXL: the non-gradient peak), with the text encoder frozen (text_encoder_lr = 0).
+# _TEXT_ENCODER_ACTIVATIONS[...] = coefficients of batch*chunks*77, 1 and (SDXL) batch*latent_px: what
+# training the text encoder(s) adds (chunks = max_token_length / 75).
+# _NETWORK_PARAMS[version][lora_type] = {"unet": (fixed, per network_dim, per conv_dim), "text_encoder": (fixed, per network_dim)}
+# (SDXL's "text_encoder": both encoders together).
+# _OPTIMIZER_BYTES_PER_PARAM[optimizer][lora_type] = (state, extra during the step), per trained parameter
+# (_16BIT: with the network in 16 bits).
 # _VAE_*_PER_PX, _UNET_SAMPLING_PER_PX: bytes per image pixel and image, without grad (fp32 VAE).
-_BASE_PARAMS = {'sd_v1': {'unet': 852737988, 'text_encoder': 123060480, 'vae': 83653863},
- 'sd_v2': {'unet': 858996676, 'text_encoder': 340387840, 'vae': 83653863}}
+# _TEXT_CACHE_ENCODE_PER_TOKEN: bytes per caption token (77 per chunk) while the fp32 text encoder(s) encode
+# without grad for the text-encoder cache (memory_estimate.measure_text_cache_encode, 8 captions of 1 and
+# 3 chunks and 2 of 2: the same figure at each; a one-off call, 1 s, beside the SDXL fit; --fit measures it now).
+_BASE_PARAMS = {'sd_v1': {'unet': 859520964, 'text_encoder': 123060480, 'vae': 83653863},
+ 'sd_v2': {'unet': 865910724, 'text_encoder': 340387840, 'vae': 83653863},
+ 'sdxl': {'unet': 2567463684, 'text_encoder': 817720320, 'vae': 83653863}}
 _NETWORK_PARAMS = {'sd_v1': {'LoRA': {'unet': (0.0, 423936.0, 0.0), 'text_encoder': (0.0, 165888.0)},
            'LoCon': {'unet': (0.0, 506816.0, 544000.0), 'text_encoder': (0.0, 165888.0)},
            'LoHa': {'unet': (0.0, 1013632.0, 1088000.0), 'text_encoder': (0.0, 331776.0)},
@@ -86,7 +126,13 @@ _NETWORK_PARAMS = {'sd_v1': {'LoRA': {'unet': (0.0, 423936.0, 0.0), 'text_encode
            'LoHa': {'unet': (0.0, 1030016.0, 1088000.0), 'text_encoder': (0.0, 847872.0)},
            'LoKr': {'unet': (438373.333, 1117.333, 18554.667), 'text_encoder': (345429.333, 490.667)},
            'IA3': {'unet': (315520.0, 0.0, 0.0), 'text_encoder': (211968.0, 0.0)},
-           'DoRA': {'unet': (315520.0, 515008.0, 544000.0), 'text_encoder': (211968.0, 423936.0)}}}
+           'DoRA': {'unet': (315520.0, 515008.0, 544000.0), 'text_encoder': (211968.0, 423936.0)}},
+ 'sdxl': {'LoRA': {'unet': (0.0, 2659840.0, 0.0), 'text_encoder': (0.0, 903168.0)},
+          'LoCon': {'unet': (0.0, 2718400.0, 355840.0), 'text_encoder': (0.0, 903168.0)},
+          'LoHa': {'unet': (0.0, 5436800.0, 711680.0), 'text_encoder': (0.0, 1806336.0)},
+          'LoKr': {'unet': (1854106.667, 9942.0, 12090.667), 'text_encoder': (645120.0, 2816.0)},
+          'IA3': {'unet': (1488960.0, 0.0, 0.0), 'text_encoder': (451584.0, 0.0)},
+          'DoRA': {'unet': (1488960.0, 2718400.0, 355840.0), 'text_encoder': (451584.0, 903168.0)}}}
 _UNET_ACTIVATIONS = {'sd_v1': {'16bit': {'full': {'LoRA': (307189.0, 128.548, 0.0, 55619.9, 379086.0, 1.89839),
                               'LoCon': (329978.0, 137.828, 38.0309, 53698.3, 3728990.0, 1.80361),
                               'LoHa': (330127.0, 0.0, 0.0, 54649.3, 1626930000.0, 0.0),
@@ -134,7 +180,31 @@ _UNET_ACTIVATIONS = {'sd_v1': {'16bit': {'full': {'LoRA': (307189.0, 128.548, 0.
                                       'LoHa': (108919.0, 0.0, 55.9819, 0.0, 609141000.0, 0.899269),
                                       'LoKr': (119022.0, 0.121405, 0.0, 6271.9, 439768000.0, 0.0),
                                       'IA3': (119025.0, 0.0, 0.0, 6686.71, 217919000.0, 690.646),
-                                      'DoRA': (118919.0, 3.80576, 0.0, 4185.03, 883558000.0, 0.157639)}}}}
+                                      'DoRA': (118919.0, 3.80576, 0.0, 4185.03, 883558000.0, 0.157639)}}},
+ 'sdxl': {'16bit': {'full': {'LoRA': (511843.0, 137.795, 0.0, 341364.0, 9377210.0, 1.61549),
+                             'LoCon': (542148.0, 148.655, 38.4102, 340399.0, 11349900.0, 1.59337),
+                             'LoHa': (542736.0, 0.0, 0.0, 337050.0, 4405860000.0, 0.0),
+                             'LoKr': (542857.0, 0.0, 3.43365, 327535.0, 4416410000.0, 0.0),
+                             'IA3': (542736.0, 0.0, 0.0, 337050.0, 2202030000.0, 1478.87),
+                             'DoRA': (542727.0, 0.540683, 0.0959408, 336963.0, 14659900000.0, 1.99586)},
+                    'checkpointing': {'LoRA': (49228.1, 0.0, 0.0, 0.0, -18480600.0, 0.62672),
+                                      'LoCon': (59760.0, 8.405, 14.767, 3196.34, 1731980.0, 0.0216384),
+                                      'LoHa': (56326.5, 0.0, 0.0, 36830.4, 290102000.0, 0.0),
+                                      'LoKr': (59845.6, 0.0129578, 0.0, 3780.39, 160312000.0, 0.0),
+                                      'IA3': (59840.3, 0.0, 0.0, 4125.24, 80017100.0, 53.7343),
+                                      'DoRA': (59760.5, 1.89248, 7.35096, 3201.38, 490079000.0, 0.0235963)}},
+          'fp32': {'full': {'LoRA': (824071.0, 222.588, 0.0, 696257.0, 449133.0, 0.0),
+                            'LoCon': (839167.0, 240.112, 57.7016, 691871.0, 967124.0, 0.0),
+                            'LoHa': (839401.0, 0.0, 0.0, 674071.0, 8802440000.0, 0.0),
+                            'LoKr': (839552.0, 0.0, 3.11542, 662854.0, 8810930000.0, 0.0),
+                            'IA3': (839401.0, 0.0, 0.0, 674071.0, 4400850000.0, 2955.6),
+                            'DoRA': (837520.0, 142.509, 0.0, 640196.0, 19092200000.0, 1.26828)},
+                   'checkpointing': {'LoRA': (77120.3, 13.0005, 0.0, 8206.49, 14199.2, 0.0),
+                                     'LoCon': (89600.5, 12.9988, 14.7463, 8240.23, 27449.2, 0.0),
+                                     'LoHa': (87329.5, 0.0, 0.0, 29373.3, 403986000.0, 0.0),
+                                     'LoKr': (89608.1, 0.064574, 0.0, 7687.57, 320338000.0, 0.0),
+                                     'IA3': (89600.6, 0.0, 0.0, 8235.26, 159970000.0, 107.427),
+                                     'DoRA': (89590.1, 0.348168, 0.760428, 8117.69, 648515000.0, 0.0322143)}}}}
 _TEXT_ENCODER_ACTIVATIONS = {'sd_v1': {'16bit': {'full': {'LoRA': (433120.0, 6119850.0),
                               'LoCon': (433120.0, 6119850.0),
                               'LoHa': (430848.0, 200098000.0),
@@ -182,10 +252,37 @@ _TEXT_ENCODER_ACTIVATIONS = {'sd_v1': {'16bit': {'full': {'LoRA': (433120.0, 611
                                       'LoHa': (100002.0, 2361190.0),
                                       'LoKr': (98312.0, 2621440.0),
                                       'IA3': (98312.0, 2621440.0),
-                                      'DoRA': (98312.0, 2621440.0)}}}}
-_VAE_ENCODE_PER_PX = {'sd_v1': 2572.0, 'sd_v2': 2572.0}
-_VAE_DECODE_PER_PX = {'sd_v1': 3072.5, 'sd_v2': 3072.5}
-_UNET_SAMPLING_PER_PX = {'sd_v1': {'16bit': 342.143, 'fp32': 683.935}, 'sd_v2': {'16bit': 342.586, 'fp32': 684.821}}
+                                      'DoRA': (98312.0, 2621440.0)}}},
+ 'sdxl': {'16bit': {'full': {'LoRA': (2745460.0, 171858000.0),
+                             'LoCon': (2077660.0, 39452800.0),
+                             'LoHa': (2069240.0, 2127680000.0),
+                             'LoKr': (2069240.0, 2129230000.0),
+                             'IA3': (2069240.0, 2127680000.0),
+                             'DoRA': (2069240.0, 5018310000.0)},
+                    'checkpointing': {'LoRA': (316733.0, 41633400.0),
+                                      'LoCon': (108045.0, 101612.0),
+                                      'LoHa': (108045.0, 4115690.0),
+                                      'LoKr': (108045.0, 4115690.0),
+                                      'IA3': (108045.0, 4115690.0),
+                                      'DoRA': (108045.0, 4115690.0)}},
+          'fp32': {'full': {'LoRA': (4070400.0, 143083000.0),
+                            'LoCon': (3352520.0, 10156.3),
+                            'LoHa': (3335680.0, 4253760000.0),
+                            'LoKr': (3335680.0, 4255580000.0),
+                            'IA3': (3335680.0, 4253760000.0),
+                            'DoRA': (3335680.0, 7144390000.0)},
+                   'checkpointing': {'LoRA': (706604.0, 97795500.0),
+                                     'LoCon': (210962.0, 18904.6),
+                                     'LoHa': (210962.0, 8210900.0),
+                                     'LoKr': (210962.0, 8210900.0),
+                                     'IA3': (210962.0, 8210900.0),
+                                     'DoRA': (210962.0, 8210900.0)}}}}
+_VAE_ENCODE_PER_PX = {'sd_v1': 2572.0, 'sd_v2': 2572.0, 'sdxl': 2572.0}
+_VAE_DECODE_PER_PX = {'sd_v1': 3072.5, 'sd_v2': 3072.5, 'sdxl': 3072.5}
+_UNET_SAMPLING_PER_PX = {'sd_v1': {'16bit': 342.143, 'fp32': 683.935},
+ 'sd_v2': {'16bit': 342.586, 'fp32': 684.821},
+ 'sdxl': {'16bit': 201.504, 'fp32': 402.657}}
+_TEXT_CACHE_ENCODE_PER_TOKEN = {'sd_v1': 79880.0, 'sd_v2': 135176.0, 'sdxl': 110600.0}
 _OPTIMIZER_BYTES_PER_PARAM = {'AdamW8bit': {'LoRA': (2.0315, 0.0),
                'LoCon': (2.0425, 0.0),
                'LoHa': (2.0424, 0.0),
@@ -222,6 +319,42 @@ _OPTIMIZER_BYTES_PER_PARAM = {'AdamW8bit': {'LoRA': (2.0315, 0.0),
                'LoKr': (0.5373, 0.0552),
                'IA3': (4.8387, 0.22),
                'DoRA': (1.8492, 0.1268)}}
+_OPTIMIZER_BYTES_PER_PARAM_16BIT = {'AdamW8bit': {'LoRA': (2.0315, 0.0),
+               'LoCon': (2.0425, 0.0),
+               'LoHa': (2.0424, 0.0),
+               'LoKr': (7.8169, 0.0),
+               'IA3': (6.7013, 0.0),
+               'DoRA': (2.162, 0.0)},
+ 'AdamW': {'LoRA': (4.0002, 2.0),
+           'LoCon': (4.0002, 2.0),
+           'LoHa': (4.0002, 2.0),
+           'LoKr': (4.0048, 2.0),
+           'IA3': (4.0035, 2.0),
+           'DoRA': (4.0003, 2.0)},
+ 'Prodigy': {'LoRA': (8.0, 0.0347),
+             'LoCon': (8.0, 0.0244),
+             'LoHa': (8.0, 0.0122),
+             'LoKr': (8.0, 0.0125),
+             'IA3': (8.0, 0.0514),
+             'DoRA': (8.0, 0.0238)},
+ 'DAdaptation': {'LoRA': (6.0, 0.0694),
+                 'LoCon': (6.0, 0.0488),
+                 'LoHa': (6.0, 0.0244),
+                 'LoKr': (6.0, 0.0249),
+                 'IA3': (6.0, 0.1028),
+                 'DoRA': (6.0, 0.0475)},
+ 'Lion': {'LoRA': (2.0, 0.0694),
+          'LoCon': (2.0, 0.0488),
+          'LoHa': (2.0, 0.0244),
+          'LoKr': (2.0, 0.0249),
+          'IA3': (2.0, 0.1028),
+          'DoRA': (2.0, 0.0475)},
+ 'AdaFactor': {'LoRA': (0.9093, 0.2822),
+               'LoCon': (1.7704, 0.2277),
+               'LoHa': (0.3249, 0.1007),
+               'LoKr': (0.5373, 0.1046),
+               'IA3': (4.8387, 0.3093),
+               'DoRA': (1.8492, 0.1427)}}
 # ---- end of measured constants ------------------------------------------------------------------------
 
 CONV_TYPES = ("LoCon", "LoHa", "LoKr", "IA3", "DoRA")
@@ -234,8 +367,24 @@ def gib(n: float) -> str:
 def canonical_version(version: str) -> str:
     key = VERSIONS.get(str(version).strip().lower())
     if key is None:
-        raise UserError(f"Unknown model version {version!r} for the memory estimate: use sd_v1 (SD 1.x) or sd_v2 (SD 2.x).")
+        raise UserError(f"Unknown model version {version!r} for the memory estimate: use sd_v1 (SD 1.x), sd_v2 (SD 2.x) or sdxl (SDXL).")
     return key
+
+
+def is_full_precision(precision: str) -> bool:
+    """full_fp16/full_bf16: the network, its gradients and the optimizer state in 16 bits too."""
+    return precision.startswith("full_")
+
+
+def _activation_key(precision: str) -> str:
+    """The measured activations of a precision: "fp32" ("no"), else "16bit" (mixed and full alike: the
+    UNet runs under the same autocast; a 16-bit network only drops autocast's fp16 copies of the LoRA
+    weights, which the mixed figures hold: the estimate stays on the safe side)."""
+    return "fp32" if precision == "no" else "16bit"
+
+
+def _dtype_name(precision: str) -> str:
+    return {"no": "fp32", "full_fp16": "fp16", "full_bf16": "bf16"}.get(precision, precision)
 
 
 # The estimate ------------------------------------------------------------------------------------
@@ -248,7 +397,7 @@ class MemoryEstimate:
     settings: Any
     version: str
     on_cuda: bool
-    precision: str  # "fp16", "bf16" or "no" (fp32)
+    precision: str  # "fp16"/"bf16" (mixed), "full_fp16"/"full_bf16" or "no" (fp32)
     bucket: Tuple[int, int]  # the largest bucket (width, height)
     phases: Dict[str, Dict[str, int]]
     notes: List[str] = field(default_factory=list)
@@ -271,11 +420,12 @@ class MemoryEstimate:
     def summary(self) -> str:
         s = self.settings
         where = "GPU" if self.on_cuda else "CPU (RAM)"
-        precision = {"no": "fp32"}.get(self.precision, self.precision)
+        precision = {"no": "fp32", "full_fp16": "full fp16", "full_bf16": "full bf16"}.get(self.precision, f"mixed {self.precision}")
         lines = [(
             f"Estimated peak {where} memory: {gib(self.total)} while {self.peak_phase} "
             f"({self.version}, {s.resolution} px, batch {s.train_batch_size}, {precision}, {s.optimizer}, {s.lora_type} {s.network_dim}"
-            f"{', gradient checkpointing' if s.gradient_checkpointing else ''}{', text encoder trained' if s.text_encoder_lr > 0 else ''})."
+            f"{', gradient checkpointing' if s.gradient_checkpointing else ''}{', text encoder trained' if _trains_text_encoder(s) else ''}"
+            f"{', text encoder outputs cached' if _caches_text(s) else ''})."
         )]
         width = max(len(name) for name in self.parts)
         for name, value in self.parts.items():
@@ -288,12 +438,34 @@ class MemoryEstimate:
 
 
 def resolved_precision(settings: Any, on_cuda: bool = True, bf16_supported: bool = True) -> str:
-    """What loop._mixed_precision picks: fp32 ("no") on the CPU; auto is bf16 where the GPU has it, else fp16."""
+    """What the loop trains in: "no" (fp32) on the CPU; "auto" is mixed "bf16" where the GPU has it, else
+    mixed "fp16"; "fp16"/"bf16" are mixed precision (16-bit weights and activations, the network, its
+    gradients and the optimizer state in fp32); "full_fp16"/"full_bf16" keep the network, its gradients and
+    the optimizer state in 16 bits too (kohya's --full_fp16/--full_bf16, the XL notebook's "full fp16")."""
     if not on_cuda:
         return "no"
     if settings.mixed_precision != "auto":
         return settings.mixed_precision
     return "bf16" if bf16_supported else "fp16"
+
+
+def _caches_text(settings: Any) -> bool:
+    """cache_text_encoder_outputs (a setting newer than this module's first version: read with a default)."""
+    return bool(getattr(settings, "cache_text_encoder_outputs", False))
+
+
+def _trains_text_encoder(settings: Any) -> bool:
+    """Cached text-encoder outputs turn text-encoder training off, as kohya does."""
+    return settings.text_encoder_lr > 0 and not _caches_text(settings)
+
+
+def cached_text_bytes(version: str, max_token_length: int, images: int = NOMINAL_CACHED_IMAGES, bytes_per_value: int = 2) -> int:
+    """The text-encoder outputs kept per image when they are cached: [77 * chunks, context] states and
+    SDXL's pooled vector, for `images` images."""
+    version = canonical_version(version)
+    chunks = max(1, max_token_length // 75)
+    per_image = (77 * chunks * _CONTEXT_DIM[version] + _POOLED_DIM[version]) * bytes_per_value
+    return per_image * images
 
 
 def largest_bucket(settings: Any) -> Tuple[int, int]:
@@ -334,23 +506,31 @@ def network_params(version: str, lora_type: str, network_dim: int, conv_dim: int
 def unet_activation_bytes(version: str, precision: str, checkpointing: bool, lora_type: str, batch: int, width: int, height: int,
                           max_token_length: int, network_dim: int, conv_dim: int, unet_network_params: int) -> int:
     """The step's activations with the text encoder frozen (see the constants' comment)."""
-    coef = _UNET_ACTIVATIONS[canonical_version(version)]["fp32" if precision == "no" else "16bit"]["checkpointing" if checkpointing else "full"][lora_type]
+    coef = _UNET_ACTIVATIONS[canonical_version(version)][_activation_key(precision)]["checkpointing" if checkpointing else "full"][lora_type]
     px = (width // 8) * (height // 8)
     conv = conv_dim if lora_type in CONV_TYPES else 0
     terms = (batch * px, batch * px * network_dim, batch * px * conv, batch * (max_token_length + 2), 1.0, unet_network_params)
     return max(0, int(sum(c * t for c, t in zip(coef, terms, strict=True))))
 
 
-def text_encoder_activation_bytes(version: str, precision: str, checkpointing: bool, lora_type: str, batch: int, max_token_length: int) -> int:
-    """What training the text encoder adds to the step's activations."""
-    coef = _TEXT_ENCODER_ACTIVATIONS[canonical_version(version)]["fp32" if precision == "no" else "16bit"]["checkpointing" if checkpointing else "full"][lora_type]
+def text_encoder_activation_bytes(version: str, precision: str, checkpointing: bool, lora_type: str, batch: int, max_token_length: int,
+                                  width: int = 0, height: int = 0) -> int:
+    """What training the text encoder(s) adds to the step's activations (SDXL's has a part per latent pixel)."""
+    coef = _TEXT_ENCODER_ACTIVATIONS[canonical_version(version)][_activation_key(precision)]["checkpointing" if checkpointing else "full"][lora_type]
     chunks = max(1, max_token_length // 75)
-    return max(0, int(coef[0] * batch * chunks * 77 + coef[1]))
+    terms = (batch * chunks * 77, 1.0, batch * (width // 8) * (height // 8))
+    return max(0, int(sum(c * t for c, t in zip(coef, terms))))
 
 
-def optimizer_bytes(optimizer: str, lora_type: str, trained_params: int) -> Tuple[int, int]:
-    """(state, extra during the step) of `optimizer` over `trained_params` network parameters."""
-    per_type = _OPTIMIZER_BYTES_PER_PARAM.get(optimizer)
+def optimizer_bytes(optimizer: str, lora_type: str, trained_params: int, full_16bit: bool = False) -> Tuple[int, int]:
+    """(state, extra during the step) of `optimizer` over `trained_params` network parameters; `full_16bit`:
+    with the network in 16 bits (full_fp16/full_bf16), whose state follows the parameters' dtype."""
+    per_type = (_OPTIMIZER_BYTES_PER_PARAM_16BIT if full_16bit else _OPTIMIZER_BYTES_PER_PARAM).get(optimizer)
+    if optimizer == "CAME" and not per_type:
+        # Not measured (added after the fit): CAME keeps one full-size moment and factored row/column
+        # statistics, so about one parameter's worth of state, and an update of that size during the step.
+        size = 2 if full_16bit else 4
+        return size * trained_params, size * trained_params
     if not per_type:
         raise UserError(f"No memory figures for the optimizer {optimizer!r}: choose AdamW8bit, AdamW, Prodigy, DAdaptation, Lion or AdaFactor.")
     state, step = per_type.get(lora_type) or per_type["LoRA"]
@@ -361,38 +541,49 @@ def estimate_memory(settings: Any, version: str = "sd_v1", *, on_cuda: bool = Tr
                     bucket: "Tuple[int, int] | None" = None) -> MemoryEstimate:
     """The memory a run with `settings` needs at its peak (see the module doc).
 
-    `version`: "sd_v1" (SD 1.x, the presets) or "sd_v2" (SD 2.x); `model_version` finds it for a model.
-    `on_cuda=False` estimates a CPU run (fp32, plain AdamW, no CUDA context): the RAM it needs beyond Python.
-    `bucket` (width, height) replaces the largest bucket the settings allow, e.g. the largest one a dataset uses.
+    `version`: "sd_v1" (SD 1.x, the SD presets), "sd_v2" (SD 2.x) or "sdxl" (SDXL, both text encoders);
+    `model_version` finds it for a model. `on_cuda=False` estimates a CPU run (fp32, plain AdamW, no CUDA
+    context): the RAM it needs beyond Python. `bucket` (width, height) replaces the largest bucket the
+    settings allow, e.g. the largest one a dataset uses.
     """
     version = canonical_version(version)
     precision = resolved_precision(settings, on_cuda, bf16_supported)
+    full = is_full_precision(precision)
     weight_bytes = 4 if precision == "no" else 2
-    dtype_name = {"no": "fp32"}.get(precision, precision)
+    network_bytes = 2 if full else 4  # the network and its gradients
+    dtype_name = _dtype_name(precision)
     width, height = bucket or largest_bucket(settings)
     lora_type = settings.lora_type
-    train_te = settings.text_encoder_lr > 0
+    cache_text = _caches_text(settings)
+    train_te = _trains_text_encoder(settings)
     optimizer = settings.optimizer if on_cuda or settings.optimizer != "AdamW8bit" else "AdamW"  # optim.build_optimizer
     base = _BASE_PARAMS[version]
     net = network_params(version, lora_type, settings.network_dim, settings.conv_dim, train_te)
     net_total = net["unet"] + net["text_encoder"]
     trained = (net["unet"] if settings.unet_lr > 0 else 0) + net["text_encoder"]
-    state, step_extra = optimizer_bytes(optimizer, lora_type, trained)
+    state, step_extra = optimizer_bytes(optimizer, lora_type, trained, full)
     batch = settings.train_batch_size
     activations = unet_activation_bytes(version, precision, settings.gradient_checkpointing, lora_type, batch, width, height,
                                         settings.max_token_length, settings.network_dim, settings.conv_dim, net["unet"])
     if train_te:
-        activations += text_encoder_activation_bytes(version, precision, settings.gradient_checkpointing, lora_type, batch, settings.max_token_length)
+        activations += text_encoder_activation_bytes(version, precision, settings.gradient_checkpointing, lora_type, batch, settings.max_token_length,
+                                                     width, height)
     context = {"CUDA context": CUDA_CONTEXT_BYTES} if on_cuda else {}
-    weights = {
-        f"UNet weights ({dtype_name})": base["unet"] * weight_bytes,
-        f"text encoder weights ({dtype_name})": base["text_encoder"] * weight_bytes,
-        f"{lora_type} network (fp32, {net_total / 1e6:.1f}M parameters)": net_total * 4,
-    }
+    encoders = "text encoders (CLIP-L + bigG)" if version == "sdxl" else "text encoder"
+    te_weights = {f"{encoders} weights ({dtype_name})": base["text_encoder"] * weight_bytes}
+    net_dtype = dtype_name if full else "fp32"
+    cached = {}
+    if cache_text:
+        cached[f"cached text-encoder outputs ({NOMINAL_CACHED_IMAGES} images)"] = cached_text_bytes(
+            version, settings.max_token_length, bytes_per_value=weight_bytes)
+    unet_weights = {f"UNet weights ({dtype_name})": base["unet"] * weight_bytes}
+    network_weights = {f"{lora_type} network ({net_dtype}, {net_total / 1e6:.1f}M parameters)": net_total * network_bytes}
     training = dict(context)
-    training.update(weights)
-    training["gradients (fp32)"] = trained * 4
-    training[f"optimizer state ({optimizer})"] = state
+    training.update(unet_weights)
+    training.update(cached if cache_text else te_weights)  # cached: the encoders are off the GPU while training
+    training.update(network_weights)
+    training[f"gradients ({net_dtype})"] = trained * network_bytes
+    training[f"optimizer state ({optimizer}{', 16-bit' if full else ''})"] = state
     if activations >= step_extra:
         training[f"activations (batch {batch} at {width}x{height}{', checkpointed' if settings.gradient_checkpointing else ''})"] = activations
     else:
@@ -404,15 +595,26 @@ def estimate_memory(settings: Any, version: str = "sd_v1", *, on_cuda: bool = Tr
         "VAE weights (fp32)": vae_weights,
         f"VAE encoding ({cache_batch} image{'s' if cache_batch > 1 else ''} at {width}x{height})": int(_VAE_ENCODE_PER_PX[version] * cache_batch * width * height),
     })
+    if cache_text:
+        # text_cache.TextEncoderCache: the encoders as loaded (fp32) encode the captions once, a batch at a
+        # time without gradients, then leave the GPU.
+        chunks = max(1, settings.max_token_length // 75)
+        phases["caching text-encoder outputs"] = dict(context, **{
+            f"{encoders} weights (fp32)": base["text_encoder"] * 4,
+            f"encoding ({TEXT_CACHE_BATCH} captions)": int(_TEXT_CACHE_ENCODE_PER_TOKEN[version] * TEXT_CACHE_BATCH * chunks * 77),
+        }, **cached)
     phases["training"] = training
     sample = largest_sample(settings)
     if sample is not None:
         sw, sh = sample
-        unet_call = int(_UNET_SAMPLING_PER_PX[version]["fp32" if precision == "no" else "16bit"] * SAMPLING_BATCH * sw * sh)
+        unet_call = int(_UNET_SAMPLING_PER_PX[version][_activation_key(precision)] * SAMPLING_BATCH * sw * sh)
         decode = int(_VAE_DECODE_PER_PX[version] * sw * sh)
         sampling = dict(context)
-        sampling.update(weights)
-        sampling[f"optimizer state ({optimizer})"] = state
+        sampling.update(unet_weights)
+        sampling.update(te_weights)  # the prompts are encoded: cached or not, the encoders are on the GPU
+        sampling.update(cached)
+        sampling.update(network_weights)
+        sampling[f"optimizer state ({optimizer}{', 16-bit' if full else ''})"] = state
         sampling["VAE weights (fp32)"] = vae_weights
         if unet_call >= decode:
             sampling[f"UNet call (batch {SAMPLING_BATCH} at {sw}x{sh})"] = unet_call
@@ -424,6 +626,10 @@ def estimate_memory(settings: Any, version: str = "sd_v1", *, on_cuda: bool = Tr
         notes.append(f"SD 1.x models are trained at 512 px; {settings.resolution} px takes much more memory and rarely helps.")
     if optimizer != settings.optimizer:
         notes.append("on the CPU AdamW8bit is replaced by AdamW (bitsandbytes needs an NVIDIA GPU).")
+    if cache_text:
+        notes.append(f"cached text-encoder outputs are counted for {NOMINAL_CACHED_IMAGES} images "
+                     f"({cached_text_bytes(version, settings.max_token_length, 1, weight_bytes) / MiB:.2f} MiB each); "
+                     "the text encoders are not trained.")
     estimate = MemoryEstimate(settings, version, on_cuda, precision, (width, height), phases, notes)
     if estimate.peak_phase == "caching latents":
         notes.append(f"the peak is the VAE encoding {cache_batch} image(s) at once while caching latents (fp32): "
@@ -501,9 +707,11 @@ def check_fits(estimate: MemoryEstimate, free_bytes: "int | None", *, gpu_name: 
 
     `free_bytes=None` means no GPU: training runs on the CPU. Each suggestion is the estimate re-run with
     the changed settings, cheapest for the result first: mixed precision, gradient checkpointing, a smaller
-    batch (the largest that fits), AdamW8bit, a lower resolution (the highest that fits), leaving the text
-    encoder alone, a plain LoRA instead of a type that rebuilds weights, a smaller network_dim. When no
-    single change is enough, the last suggestion combines them.
+    batch (the largest that fits), AdamW8bit, full 16-bit precision (from mixed), a lower resolution (the
+    highest that fits; for SDXL after the text-encoder changes, and not below 512), leaving the text
+    encoder alone, caching the text encoders' outputs, a plain LoRA instead of a type that rebuilds
+    weights, a smaller network_dim. When no single change is enough, the last suggestion combines them.
+    `refuse_if_too_big(report)` turns a "too_big" verdict into the error that stops a run.
     """
     if free_bytes is None:
         message = ("No NVIDIA GPU found: training will run on the CPU in fp32, very slowly. "
@@ -530,8 +738,11 @@ def _reestimate(estimate: MemoryEstimate, settings: Any, bf16_supported: bool) -
 
 
 def _suggestions(estimate: MemoryEstimate, free: int, bf16_supported: bool) -> List[Suggestion]:
+    from lora_gradio.engine.settings_model import to_dict
+
     s = estimate.settings
     out: List[Suggestion] = []
+    sdxl = estimate.version == "sdxl"
 
     def consider(changes: Dict[str, Any], text: str) -> "Suggestion | None":
         try:
@@ -544,6 +755,20 @@ def _suggestions(estimate: MemoryEstimate, free: int, bf16_supported: bool) -> L
         suggestion = Suggestion(changes, text, total, _needs(total, free))
         out.append(suggestion)
         return suggestion
+
+    def lower_resolution() -> None:
+        best = None
+        for changes in _resolution_options(estimate):
+            try:
+                total = _reestimate(estimate, _with(s, **changes), bf16_supported).total
+            except UserError:
+                continue
+            best = (changes, total)
+            if _needs(total, free):
+                break
+        if best is not None:
+            changes, total = best
+            out.append(Suggestion(changes, f"lower resolution to {changes['resolution']} (less detail)", total, _needs(total, free)))
 
     if s.mixed_precision == "no":
         consider({"mixed_precision": "auto"}, "set mixed_precision to auto (fp16/bf16 weights and activations)")
@@ -563,24 +788,19 @@ def _suggestions(estimate: MemoryEstimate, free: int, bf16_supported: bool) -> L
         adaptive = s.optimizer in ("Prodigy", "DAdaptation")  # their rates are multipliers around 1: set the guide's
         changes = {"optimizer": "AdamW8bit", "unet_lr": 5e-4, "text_encoder_lr": 1e-4 if s.text_encoder_lr > 0 else 0.0} if adaptive else {"optimizer": "AdamW8bit"}
         consider(changes, "use the AdamW8bit optimizer" + (" (with unet_lr 5e-4, text_encoder_lr 1e-4)" if adaptive else ""))
-    if s.resolution > 256:
-        best = None
-        for reso in range(s.resolution - 64, 255, -64):
-            changes = {"resolution": reso}
-            if s.min_bucket_reso > reso:
-                changes["min_bucket_reso"] = reso
-            try:
-                total = _reestimate(estimate, _with(s, **changes), bf16_supported).total
-            except UserError:
-                continue
-            best = (changes, total)
-            if _needs(total, free):
-                break
-        if best is not None:
-            changes, total = best
-            out.append(Suggestion(changes, f"lower resolution to {changes['resolution']} (less detail)", total, _needs(total, free)))
-    if s.text_encoder_lr > 0:
+    if estimate.precision in ("fp16", "bf16"):
+        full = f"full_{estimate.precision}"
+        consider({"mixed_precision": full}, f"set mixed_precision to {full} (the LoRA, its gradients and the optimizer state in 16 bits, "
+                 "as the XL notebook trains)")
+    if not sdxl and s.resolution > _lowest_resolution(estimate):
+        lower_resolution()
+    if s.text_encoder_lr > 0 and not _caches_text(s):
         consider({"text_encoder_lr": 0.0}, "set text_encoder_lr to 0 (train the UNet only; fine for styles)")
+    if not _caches_text(s) and "cache_text_encoder_outputs" in to_dict(s):
+        consider({"cache_text_encoder_outputs": True}, "turn on cache_text_encoder_outputs (the text encoders leave the GPU while training; "
+                 "no tag shuffling, no text-encoder training)")
+    if sdxl and s.resolution > _lowest_resolution(estimate):  # SDXL below 1024 px loses more than the changes above
+        lower_resolution()
     if s.lora_type in ("LoHa", "LoKr", "IA3", "DoRA"):
         consider({"lora_type": "LoCon"}, f"use LoCon instead of {s.lora_type} (it does not rebuild full weights each step)")
     if s.network_dim > 16:
@@ -589,6 +809,18 @@ def _suggestions(estimate: MemoryEstimate, free: int, bf16_supported: bool) -> L
     if not any(x.fits for x in out) and len(out) > 1:
         out.append(_combined(estimate, out, free, bf16_supported))
     return out
+
+
+def _lowest_resolution(estimate: MemoryEstimate) -> int:
+    """The lowest resolution suggested: 256, or 512 for SDXL (its smallest useful size)."""
+    return 512 if estimate.version == "sdxl" else 256
+
+
+def _resolution_options(estimate: MemoryEstimate) -> List[Dict[str, Any]]:
+    """Each lower resolution in steps of 64, highest first (with min_bucket_reso lowered where needed)."""
+    s = estimate.settings
+    return [dict({"resolution": r}, **({"min_bucket_reso": r} if s.min_bucket_reso > r else {}))
+            for r in range(s.resolution - 64, _lowest_resolution(estimate) - 1, -64)]
 
 
 def _combined(estimate: MemoryEstimate, singles: List[Suggestion], free: int, bf16_supported: bool) -> Suggestion:
@@ -608,7 +840,7 @@ def _combined(estimate: MemoryEstimate, singles: List[Suggestion], free: int, bf
         if "train_batch_size" in single.changes:
             options = [{"train_batch_size": b} for b in range(s.train_batch_size - 1, 0, -1)]
         elif "resolution" in single.changes:
-            options = [dict({"resolution": r}, **({"min_bucket_reso": r} if s.min_bucket_reso > r else {})) for r in range(s.resolution - 64, 255, -64)]
+            options = _resolution_options(estimate)
         else:
             options = [single.changes]
         best = None
@@ -627,6 +859,29 @@ def _combined(estimate: MemoryEstimate, singles: List[Suggestion], free: int, bf
             break
     text = "all together: " + ", ".join(f"{k} = {v}" for k, v in changes.items())
     return Suggestion(changes, text, total, _needs(total, free))
+
+
+def refuse_if_too_big(report: FitReport) -> None:
+    """Stop a CUDA run that the estimate says will not fit: raise UserError with the verdict and the changes
+    that fit (the first one that does, then the whole list).
+
+    A run that does not fit does not always stop with "out of memory": on Windows the NVIDIA driver spills
+    into shared system memory, and SDXL then trains 10-100 times slower (kohya_ss #1730, #3296). So a setting
+    combination that would spill is refused with the change that fits. "fits", "tight" and "no_gpu" (a CPU
+    run) pass. An override setting ("train anyway") may come later: the caller would then skip this call.
+    """
+    if report.verdict != "too_big" or not report.estimate.on_cuda:
+        return
+    fitting = [x for x in report.suggestions if x.fits]
+    if fitting:
+        first = fitting[0]
+        advice = f"Change this to make it fit: {first.text} (about {gib(first.total)})."
+    else:
+        advice = "No change the check knows of makes it fit: use a GPU with more memory."
+    raise UserError(
+        f"{report.message} Training would run out of GPU memory, or spill into shared memory and run many times slower. "
+        f"{advice}\n{report.summary()}"
+    )
 
 
 # The GPU --------------------------------------------------------------------------------------------
@@ -695,26 +950,63 @@ def parse_nvidia_smi(text: str) -> "Tuple[int, int, str] | None":
 
 
 def model_version(settings: Any) -> Tuple[str, str]:
-    """(version, how it was found) of the settings' base model, without loading it.
+    """(version, how it was found) of the settings' base model, without loading it: cheap reads only.
 
-    Presets are SD 1.5; a local single file is read from its header (an SDXL file is refused, as training
-    refuses it); a local diffusers folder from its text encoder's config. A link or repo id is assumed SD 1.x.
+    A preset: the SDXL presets (`SDXL_PRESETS`, or a preset whose family is "sdxl") are SDXL, the others
+    SD 1.5. A local .safetensors file: SDXL when its header has the second text encoder's
+    `conditioner.embedders.1.` tensors, else SD 1.x/2.x from its tensor names (models.detect_version). A
+    local diffusers folder: SDXL when model_index.json's `_class_name` starts with "StableDiffusionXL", else
+    its text encoder's width. A link or repo id is assumed SD 1.x.
     """
     from lora_gradio.engine.train.models import detect_version, preset_for
 
     spec = (settings.training_model or "").strip().strip('"')
-    if preset_for(spec) is not None:
+    if spec.lower() in SDXL_PRESETS:
+        return "sdxl", f"the {spec} preset is SDXL"
+    preset = preset_for(spec)
+    if preset is not None:
+        if getattr(preset, "family", "sd") == "sdxl":
+            return "sdxl", f"the {spec} preset is SDXL"
         return "sd_v1", f"the {spec} preset is SD 1.5"
     path = Path(spec).expanduser()
     if path.is_file():
+        if path.suffix.lower() == ".safetensors" and any(k.startswith("conditioner.embedders.1.") for k in _safetensors_keys(path)):
+            return "sdxl", f"read from {path.name}"
         return canonical_version(detect_version(path)), f"read from {path.name}"
+    index = path / "model_index.json"
+    if index.is_file() and str(_read_json(index).get("_class_name", "")).startswith("StableDiffusionXL"):
+        return "sdxl", f"read from {index}"
     config = path / "text_encoder" / "config.json"
     if config.is_file():
-        import json
-
-        hidden = json.loads(config.read_text(encoding="utf-8")).get("hidden_size", 768)
+        hidden = _read_json(config).get("hidden_size", 768)
         return ("sd_v2" if hidden >= 1024 else "sd_v1"), f"read from {config}"
     return "sd_v1", "assumed SD 1.x (the model is not downloaded yet)"
+
+
+def _safetensors_keys(path: Path) -> List[str]:
+    """The tensor names in a .safetensors header (the first 8 + n bytes of the file)."""
+    import json
+    import struct
+
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > 100 * MiB:
+                return []
+            header = json.loads(f.read(n))
+    except (OSError, ValueError, struct.error):
+        return []  # not readable as safetensors: detect_version says what is wrong
+    return [k for k in header if k != "__metadata__"] if isinstance(header, dict) else []
+
+
+def _read_json(path: Path) -> Dict[str, Any]:
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def check_training_memory(settings: Any, version: "str | None" = None, gpu: "Tuple[int, int, str] | None | bool" = True) -> FitReport:

@@ -520,20 +520,6 @@ def setup(unet, text_encoder, network, precision: str, checkpointing: bool, trai
 # One training step, measured ---------------------------------------------------------------------
 
 
-def join_chunks(states: torch.Tensor, batch: int, n_chunks: int, max_token_length: int) -> torch.Tensor:
-    """[batch * chunks, 77, C] -> [batch, max_token_length + 2, C]: the chunks joined as prompts.encode_token_ids
-    joins SD's (each chunk's start and end tokens dropped but the first and the last)."""
-    length = states.shape[1]
-    states = states.reshape(batch, n_chunks * length, states.shape[-1])
-    if n_chunks == 1:
-        return states
-    parts = [states[:, :1]]
-    for i in range(1, max_token_length, length):
-        parts.append(states[:, i : i + length - 2])
-    parts.append(states[:, -1:])
-    return torch.cat(parts, dim=1)
-
-
 def encode_sdxl(text_encoder: SdxlTextEncoders, ids: torch.Tensor, max_token_length: int, device: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
     """SDXL's conditioning as kohya's sdxl_train_util.get_hidden_states_sdxl makes it: both encoders run on
     the [batch * chunks, 77] token ids; the penultimate hidden states of each (no final layer norm), joined
@@ -546,7 +532,9 @@ def encode_sdxl(text_encoder: SdxlTextEncoders, ids: torch.Tensor, max_token_len
     out2 = te2(flat, output_hidden_states=True, return_dict=True)
     hidden2, pooled = out2.hidden_states[-2], out2.text_embeds
     del out2
-    hidden = torch.cat([join_chunks(hidden1, batch, n_chunks, max_token_length), join_chunks(hidden2, batch, n_chunks, max_token_length)], dim=-1)
+    from lora_gradio.engine.train.prompts import join_chunks  # the trainer's own joining
+
+    hidden = torch.cat([join_chunks(hidden1, batch, max_token_length), join_chunks(hidden2, batch, max_token_length)], dim=-1)
     pooled = pooled.reshape(batch, n_chunks, -1)[:, 0]
     return hidden, pooled
 

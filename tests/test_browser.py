@@ -194,6 +194,8 @@ def test_dedupe_grid_mark_and_apply(app, browser, tmp_path):
         make_image(project.dataset_dir / f"{i}.png", size=(96, 80), colour=colour)
     shutil.copy(project.dataset_dir / "0.png", project.dataset_dir / "0_copy.png")
     (project.dataset_dir / "0_copy.txt").write_text("copy caption")
+    # Both captioned: the automatic choice keeps the original name (a captioned copy would win otherwise).
+    (project.dataset_dir / "0.txt").write_text("original caption")
     page = browser.new_page(viewport={"width": 1280, "height": 1400})
     page.goto(app.url)
     page.locator("#lg-dedupe .label-wrap").first.click()  # open the accordion

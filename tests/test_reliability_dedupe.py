@@ -6,11 +6,11 @@ from __future__ import annotations
 import io
 import shutil
 
-import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from lora_gradio.engine import dedupe
+from tests.test_dedupe import _picture
 from tests.tiny_clip import build_tiny_clip
 
 
@@ -19,15 +19,8 @@ def tiny_clip(tmp_path_factory) -> str:
     return build_tiny_clip(tmp_path_factory.mktemp("tiny_clip"))
 
 
-def picture(seed: int, size=(96, 80)) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    image = Image.new("RGB", size, tuple(int(c) for c in rng.integers(0, 256, 3)))
-    draw = ImageDraw.Draw(image)
-    for _ in range(6):
-        x0, y0 = int(rng.integers(0, size[0] - 20)), int(rng.integers(0, size[1] - 20))
-        box = (x0, y0, x0 + int(rng.integers(10, 40)), y0 + int(rng.integers(10, 40)))
-        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
-    return image
+# The same distinct pictures as the dedupe tests use.
+picture = _picture
 
 
 def test_an_exact_copy_keeps_the_captioned_file_not_the_first_name(project, tiny_clip):

@@ -722,14 +722,14 @@ def make_optimizer(name: str, params: list, foreach: "bool | None" = None):
 
 LORA_TYPES = ("LoRA", "LoCon", "LoHa", "LoKr", "IA3", "DoRA")
 CONV_TYPES = ("LoCon", "LoHa", "LoKr", "IA3", "DoRA")
-OPTIMIZERS = ("AdamW8bit", "AdamW", "Prodigy", "DAdaptation", "Lion", "AdaFactor")
+OPTIMIZERS = ("AdamW8bit", "AdamW", "Prodigy", "DAdaptation", "Lion", "AdaFactor", "CAME")
 VERSIONS = ("sd_v1", "sd_v2", "sdxl")
 # (batch, resolution, max_token_length): the points each set-up is measured at.
 BASE_POINTS = ((1, 512, 225), (2, 512, 225), (1, 768, 225), (2, 768, 75))
 DIM_POINTS = ((1, 512, 225), (2, 768, 225))
 TE_POINTS = ((1, 512, 225), (2, 512, 225), (2, 768, 75))  # a subset of BASE_POINTS: the UNet-only rows are reused
 # SDXL at its own sizes (1024 px native; the meta device's time does not grow with the size).
-XL_BASE_POINTS = ((1, 1024, 225), (2, 1024, 225), (1, 768, 225), (2, 768, 75))
+XL_BASE_POINTS = ((1, 1024, 225), (2, 1024, 225), (1, 768, 225), (2, 768, 75), (4, 1024, 225))  # batch 4: the XL defaults
 XL_DIM_POINTS = ((1, 1024, 225), (2, 768, 225))
 # What training the text encoders adds has a part per image pixel too (with checkpointing, 1024 px: 62 MiB
 # per image and 0.10 MiB per token; 768 px: 35 MiB and the same per token): sizes and token counts vary apart.

@@ -2,8 +2,8 @@
 
 The estimate's tests are pure arithmetic. The measurement tests run benchmarks/memory_estimate.py's
 counters on the tiny model (real CPU tensors against the meta device, the autocast replay against
-PyTorch's real CPU autocast) and once on the real-size SD1.5 architecture on the meta device, at points the
-constants were not fitted on.
+PyTorch's real CPU autocast) and on the real-size SD1.5 and SDXL architectures on the meta device, at points
+the constants were not fitted on. The SDXL tests hold the XL notebook's defaults against a 16 GB T4.
 """
 
 from __future__ import annotations
@@ -322,6 +322,15 @@ def _refusal(report) -> str:
     with pytest.raises(UserError) as refused:
         memory.refuse_if_too_big(report)
     return str(refused.value)
+
+
+def test_every_optimizer_has_measured_figures_in_both_precisions():
+    from lora_gradio.engine.train.config import LORA_TYPES, OPTIMIZERS
+
+    for name in OPTIMIZERS:
+        for lora_type in LORA_TYPES:
+            mixed, full = memory.optimizer_bytes(name, lora_type, 10**6), memory.optimizer_bytes(name, lora_type, 10**6, full_16bit=True)
+            assert 0 < full[0] <= mixed[0]  # a 16-bit network's state is never larger (AdamW8bit's is the same)
 
 
 def test_full_16_bit_precision_keeps_the_network_gradients_and_optimizer_in_16_bits():

@@ -87,15 +87,27 @@ CUDA_CONTEXT_BYTES = 287_047_680
 # _BASE_PARAMS' SD UNets are the UNets alone (the first fit had subtracted a LoRA's 6.8M/6.9M parameters).
 #
 # SDXL (the same measurement with both text encoders and kohya's SDXL step, see memory_estimate.py), on the
-# same 2-core CPU with torch 2.13, diffusers 0.42.1, transformers 5.25, lycoris-lora 4.1.3:
-#   python benchmarks/memory_estimate.py --fit --versions sdxl --no-optimizers --json-out xl.json   # 49 min
-#   PYTHONPATH=DIR python benchmarks/memory_estimate.py --fit --optimizers-only --versions sd_v1 --json-out opt.json   # 7 min
-# the full grid (every type and precision; points at 768 and 1024 px, batch 1-2, 75/225 tokens, dims
-# 16/64, conv 8/32), pasted in with SD's. SDXL's activations are the largest non-gradient total of the step
-# (memory_estimate.activation: with checkpointing SDXL's peak moves as the network grows, which SD's
-# definition does not follow linearly). XL_CHECK_SENTENCE
-# full_fp16/full_bf16 use the mixed 16-bit activations (`--check` points: the same within 1%, never below)
-# and _OPTIMIZER_BYTES_PER_PARAM_16BIT (the optimizers over a 16-bit network: their state follows it).
+# same 2-core CPU (shared with other jobs) with torch 2.13, diffusers 0.42.1, transformers 5.25,
+# lycoris-lora 4.1.3, our network.create_network (one text encoder per call, then both in one call):
+#   python benchmarks/memory_estimate.py --fit --versions sdxl --no-optimizers --json-out xl.json      # 49 min
+# then, once `--check` showed the text-encoder term (then batch*tokens only) 0.9% under at the XL defaults,
+# the text-encoder term with its per-pixel part and the checkpointing grid with dim-8 (and batch-4) points:
+#   ... --fit --versions sdxl --no-optimizers --only full --text-encoder-only xl.json --json-out te.json  # 57 min
+#   ... --fit --versions sdxl --no-optimizers --only checkpointing --json-out ck.json                    # 57 min
+#   (the two at once; both fp32 DoRA set-ups again alone after an out-of-memory kill, 20 min; 16bit
+#   checkpointing LoRA/LoCon again with the batch-4 point, 4 min)
+#   PYTHONPATH=DIR python benchmarks/memory_estimate.py --fit --optimizers-only --versions sd_v1 --json-out opt.json   # 7-19 min
+# (DIR as above; CAME from pytorch-optimizer, in the venv) merged into SD's literals. Points: 768 and 1024 px,
+# batch 1, 2 and 4, 75/225 tokens, dims 8/16/64, conv 8/32, every type and precision; the text encoders at
+# six points (768/1024 px, batch 1-4, 75/225 tokens). SDXL's activations are the largest non-gradient total
+# of the step (memory_estimate.activation: with checkpointing SDXL's peak moves as the network grows, which
+# SD's definition does not follow linearly). The fits never underestimate a measured point (LoRA and LoCon
+# overestimate by up to 3%, LoHa with checkpointing by 7%); `--check` at seven set-ups off the grid: within
+# 0.5%, the XL defaults (dim 8 at batch 4, both encoders trained) 0.03% (1 MiB) under, so 16-bit
+# checkpointing LoRA's text-encoder constant carries 2 MiB more than its fit (37553 bytes).
+# full_fp16/full_bf16 use the mixed 16-bit activations (`--check` points: the same within 0.5%) and
+# _OPTIMIZER_BYTES_PER_PARAM_16BIT (the optimizers over a 16-bit network: their state follows it; the
+# larger of two runs where AdaFactor's step varied). CAME's rows: the same optimizer run, measured.
 #
 # _UNET_ACTIVATIONS[version][precision][checkpointing][lora_type] = coefficients of
 #   batch*latent_px, batch*latent_px*network_dim, batch*latent_px*conv_dim, batch*(max_token_length+2),
@@ -187,29 +199,24 @@ _UNET_ACTIVATIONS = {'sd_v1': {'16bit': {'full': {'LoRA': (307189.0, 128.548, 0.
                              'LoKr': (542857.0, 0.0, 3.43365, 327535.0, 4416410000.0, 0.0),
                              'IA3': (542736.0, 0.0, 0.0, 337050.0, 2202030000.0, 1478.87),
                              'DoRA': (542727.0, 0.540683, 0.0959408, 336963.0, 14659900000.0, 1.99586)},
-                    'checkpointing': {'LoRA': (49228.1, 0.0, 0.0, 0.0, -18480600.0, 0.62672),
-                                      'LoCon': (59760.0, 8.405, 14.767, 3196.34, 1731980.0, 0.0216384),
-                                      'LoHa': (56326.5, 0.0, 0.0, 36830.4, 290102000.0, 0.0),
-                                      'LoKr': (59845.6, 0.0129578, 0.0, 3780.39, 160312000.0, 0.0),
-                                      'IA3': (59840.3, 0.0, 0.0, 4125.24, 80017100.0, 53.7343),
-                                      'DoRA': (59760.5, 1.89248, 7.35096, 3201.38, 490079000.0, 0.0235963)}},
+                    'checkpointing': {'LoRA': (49086.2, 0.0, 0.0, 7713.37, -10265000.0, 0.581825),
+                                      'LoCon': (59779.9, 7.05126, 14.4407, 3724.18, 1364700.0, 0.029791),
+                                      'LoHa': (56561.5, 0.0, 0.0, 23415.4, 290982000.0, 0.0),
+                                      'LoKr': (59843.7, 0.0, 0.0, 3938.72, 160323000.0, 0.0),
+                                      'IA3': (59840.3, 0.0, 0.0, 4130.95, 80017600.0, 53.7339),
+                                      'DoRA': (59778.1, 0.591665, 7.03372, 3716.36, 489740000.0, 0.0314155)}},
           'fp32': {'full': {'LoRA': (824071.0, 222.588, 0.0, 696257.0, 449133.0, 0.0),
                             'LoCon': (839167.0, 240.112, 57.7016, 691871.0, 967124.0, 0.0),
                             'LoHa': (839401.0, 0.0, 0.0, 674071.0, 8802440000.0, 0.0),
                             'LoKr': (839552.0, 0.0, 3.11542, 662854.0, 8810930000.0, 0.0),
                             'IA3': (839401.0, 0.0, 0.0, 674071.0, 4400850000.0, 2955.6),
                             'DoRA': (837520.0, 142.509, 0.0, 640196.0, 19092200000.0, 1.26828)},
-                   'checkpointing': {'LoRA': (77120.3, 13.0005, 0.0, 8206.49, 14199.2, 0.0),
-                                     'LoCon': (89600.5, 12.9988, 14.7463, 8240.23, 27449.2, 0.0),
-                                     'LoHa': (87329.5, 0.0, 0.0, 29373.3, 403986000.0, 0.0),
-                                     'LoKr': (89608.1, 0.064574, 0.0, 7687.57, 320338000.0, 0.0),
-                                     'IA3': (89600.6, 0.0, 0.0, 8235.26, 159970000.0, 107.427),
-                                     'DoRA': (89590.1, 0.348168, 0.760428, 8117.69, 648515000.0, 0.0322143)}}}}
-# _SDXL_TE_CHECKPOINTING_NOTE: SDXL's text-encoder LoRA coefficient with checkpointing was fitted on fewer
-# points than the others (the fit was cut short); a fresh measurement of the XL notebook's defaults (full
-# fp16, batch 4, 1024 px, 225 tokens, text encoders trained) came out 33.3 MB (0.9%) above it, so the
-# per-token term was raised by 36,500 bytes (33.3 MB / (4 x 3 x 77) tokens, rounded up) to cover it.
-# A full refit with `--fit --versions sdxl` should replace this.
+                   'checkpointing': {'LoRA': (77120.3, 12.9997, 0.0, 8216.38, 14360.6, 0.0),
+                                     'LoCon': (89600.5, 12.9995, 14.7469, 8247.2, 27046.2, 0.0),
+                                     'LoHa': (87481.3, 0.0, 0.0, 20708.7, 404553000.0, 0.0),
+                                     'LoKr': (89605.1, 0.0, 0.0, 7985.84, 320370000.0, 0.0),
+                                     'IA3': (89600.5, 0.0, 0.0, 8244.78, 159970000.0, 107.427),
+                                     'DoRA': (89593.0, 0.137575, 0.713328, 8197.51, 648457000.0, 0.0334981)}}}}
 _TEXT_ENCODER_ACTIVATIONS = {'sd_v1': {'16bit': {'full': {'LoRA': (433120.0, 6119850.0),
                               'LoCon': (433120.0, 6119850.0),
                               'LoHa': (430848.0, 200098000.0),
@@ -258,30 +265,30 @@ _TEXT_ENCODER_ACTIVATIONS = {'sd_v1': {'16bit': {'full': {'LoRA': (433120.0, 611
                                       'LoKr': (98312.0, 2621440.0),
                                       'IA3': (98312.0, 2621440.0),
                                       'DoRA': (98312.0, 2621440.0)}}},
- 'sdxl': {'16bit': {'full': {'LoRA': (2745460.0, 171858000.0),
-                             'LoCon': (2077660.0, 39452800.0),
-                             'LoHa': (2069240.0, 2127680000.0),
-                             'LoKr': (2069240.0, 2129230000.0),
-                             'IA3': (2069240.0, 2127680000.0),
-                             'DoRA': (2069240.0, 5018310000.0)},
-                    'checkpointing': {'LoRA': (353233.0, 41633400.0),  # see _SDXL_TE_CHECKPOINTING_NOTE
-                                      'LoCon': (108045.0, 101612.0),
-                                      'LoHa': (108045.0, 4115690.0),
-                                      'LoKr': (108045.0, 4115690.0),
-                                      'IA3': (108045.0, 4115690.0),
-                                      'DoRA': (108045.0, 4115690.0)}},
-          'fp32': {'full': {'LoRA': (4070400.0, 143083000.0),
-                            'LoCon': (3352520.0, 10156.3),
-                            'LoHa': (3335680.0, 4253760000.0),
-                            'LoKr': (3335680.0, 4255580000.0),
-                            'IA3': (3335680.0, 4253760000.0),
-                            'DoRA': (3335680.0, 7144390000.0)},
-                   'checkpointing': {'LoRA': (706604.0, 97795500.0),
-                                     'LoCon': (210962.0, 18904.6),
-                                     'LoHa': (210962.0, 8210900.0),
-                                     'LoKr': (210962.0, 8210900.0),
-                                     'IA3': (210962.0, 8210900.0),
-                                     'DoRA': (210962.0, 8210900.0)}}}}
+ 'sdxl': {'16bit': {'full': {'LoRA': (2077660.0, 38765300.0, 12800.2),
+                             'LoCon': (2077660.0, 39450100.0, 0.12588),
+                             'LoHa': (2069250.0, 2127670000.0, 0.12588),
+                             'LoKr': (2069250.0, 2129230000.0, 0.12588),
+                             'IA3': (2069250.0, 2127670000.0, 0.12588),
+                             'DoRA': (2069250.0, 5018310000.0, 0.12588)},
+                    'checkpointing': {'LoRA': (108051.0, 2134705.0, 4000.26),
+                                      'LoCon': (108050.0, 96229.7, 0.251761),
+                                      'LoHa': (108014.0, 4228100.0, 0.0),
+                                      'LoKr': (108050.0, 4110310.0, 0.251761),
+                                      'IA3': (108050.0, 4110310.0, 0.251761),
+                                      'DoRA': (108050.0, 4110310.0, 0.251761)}},
+          'fp32': {'full': {'LoRA': (3352520.0, 5994.61, 13760.3),
+                            'LoCon': (3352520.0, 4773.7, 0.251761),
+                            'LoHa': (3335690.0, 4253750000.0, 0.251761),
+                            'LoKr': (3335690.0, 4255580000.0, 0.251761),
+                            'IA3': (3335690.0, 4253750000.0, 0.251761),
+                            'DoRA': (3335690.0, 7144390000.0, 0.251761)},
+                   'checkpointing': {'LoRA': (216104.0, 16310.8, 9403.01),
+                                     'LoCon': (210972.0, 8139.4, 0.503521),
+                                     'LoHa': (210899.0, 8435710.0, 0.0),
+                                     'LoKr': (210972.0, 8200140.0, 0.503521),
+                                     'IA3': (210972.0, 8200140.0, 0.503521),
+                                     'DoRA': (210953.0, 8281130.0, 0.0)}}}}
 _VAE_ENCODE_PER_PX = {'sd_v1': 2572.0, 'sd_v2': 2572.0, 'sdxl': 2572.0}
 _VAE_DECODE_PER_PX = {'sd_v1': 3072.5, 'sd_v2': 3072.5, 'sdxl': 3072.5}
 _UNET_SAMPLING_PER_PX = {'sd_v1': {'16bit': 342.143, 'fp32': 683.935},
@@ -323,7 +330,13 @@ _OPTIMIZER_BYTES_PER_PARAM = {'AdamW8bit': {'LoRA': (2.0315, 0.0),
                'LoHa': (0.3249, 0.0519),
                'LoKr': (0.5373, 0.0552),
                'IA3': (4.8387, 0.22),
-               'DoRA': (1.8492, 0.1268)}}
+               'DoRA': (1.8492, 0.1268)},
+ 'CAME': {'LoRA': (5.8184, 8.3458),
+          'LoCon': (7.5405, 8.5989),
+          'LoHa': (4.6497, 7.887),
+          'LoKr': (5.0698, 8.2989),
+          'IA3': (10.5091, 5.371),
+          'DoRA': (7.6982, 8.927)}}
 _OPTIMIZER_BYTES_PER_PARAM_16BIT = {'AdamW8bit': {'LoRA': (2.0315, 0.0),
                'LoCon': (2.0425, 0.0),
                'LoHa': (2.0424, 0.0),
@@ -358,8 +371,14 @@ _OPTIMIZER_BYTES_PER_PARAM_16BIT = {'AdamW8bit': {'LoRA': (2.0315, 0.0),
                'LoCon': (1.7704, 0.2277),
                'LoHa': (0.3249, 0.1007),
                'LoKr': (0.5373, 0.1046),
-               'IA3': (4.8387, 0.3093),
-               'DoRA': (1.8492, 0.1427)}}
+               'IA3': (4.8387, 0.4125),
+               'DoRA': (1.8492, 0.206)},
+ 'CAME': {'LoRA': (2.9092, 4.1833),
+          'LoCon': (3.7703, 4.3638),
+          'LoHa': (2.3248, 4.1002),
+          'LoKr': (2.5349, 4.1384),
+          'IA3': (5.2546, 3.0874),
+          'DoRA': (3.8491, 4.4854)}}
 # ---- end of measured constants ------------------------------------------------------------------------
 
 CONV_TYPES = ("LoCon", "LoHa", "LoKr", "IA3", "DoRA")
@@ -531,13 +550,8 @@ def optimizer_bytes(optimizer: str, lora_type: str, trained_params: int, full_16
     """(state, extra during the step) of `optimizer` over `trained_params` network parameters; `full_16bit`:
     with the network in 16 bits (full_fp16/full_bf16), whose state follows the parameters' dtype."""
     per_type = (_OPTIMIZER_BYTES_PER_PARAM_16BIT if full_16bit else _OPTIMIZER_BYTES_PER_PARAM).get(optimizer)
-    if optimizer == "CAME" and not per_type:
-        # Not measured (added after the fit): CAME keeps one full-size moment and factored row/column
-        # statistics, so about one parameter's worth of state, and an update of that size during the step.
-        size = 2 if full_16bit else 4
-        return size * trained_params, size * trained_params
     if not per_type:
-        raise UserError(f"No memory figures for the optimizer {optimizer!r}: choose AdamW8bit, AdamW, Prodigy, DAdaptation, Lion or AdaFactor.")
+        raise UserError(f"No memory figures for the optimizer {optimizer!r}: choose AdamW8bit, AdamW, Prodigy, DAdaptation, Lion, AdaFactor or CAME.")
     state, step = per_type.get(lora_type) or per_type["LoRA"]
     return int(state * trained_params), int(step * trained_params)
 

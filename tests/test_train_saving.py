@@ -10,6 +10,7 @@ import pytest
 
 from lora_gradio.engine.errors import UserError
 from lora_gradio.engine.train import saving
+from tests import kohya_reference
 
 
 def test_epoch_file_names():
@@ -41,8 +42,7 @@ def _tensors():
 def _independent_hashes(path):
     raw = path.read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
-    data = raw[8 + n:]
-    return hashlib.sha256(data).hexdigest(), hashlib.sha256(data[0x100000:0x110000]).hexdigest()[:8], json.loads(raw[8:8 + n])
+    return (*kohya_reference.file_hashes(path), json.loads(raw[8:8 + n]))
 
 
 def test_save_lora_hashes_metadata_and_atomicity(tmp_path):
@@ -198,3 +198,22 @@ def test_tag_frequency(tmp_path):
     (tmp_path / "a.txt").write_text("1girl, Smile, smile, solo")
     (tmp_path / "b.txt").write_text("1girl, red hair")
     assert saving.tag_frequency(sorted(tmp_path.glob("*.txt"))) == {"1girl": 2, "smile": 1, "solo": 1, "red hair": 1}
+
+
+def test_the_legacy_hash_is_kohyas_window_of_the_whole_training_serialization(tmp_path):
+    """kohya hashes 0x10000 bytes at 0x100000 of the file re-serialized with its `ss_*` keys, header included."""
+    tensors = _tensors()
+    short = saving.save_lora(tmp_path / "a.safetensors", tensors, {"ss_output_name": "a"})
+    longer = saving.save_lora(tmp_path / "b.safetensors", tensors, {"ss_output_name": "a" * 200})
+    titled = saving.save_lora(tmp_path / "c.safetensors", tensors, {"ss_output_name": "a", "modelspec.title": "x" * 300})
+    for meta, name in ((short, "a"), (longer, "b"), (titled, "c")):
+        assert (meta["sshs_model_hash"], meta["sshs_legacy_hash"]) == kohya_reference.file_hashes(tmp_path / f"{name}.safetensors")
+    # Same tensors: one data hash. A longer ss_* header shifts the window, so kohya tells the files apart;
+    # a longer non-ss key (the title) does not, because kohya leaves it out of the hashed serialization.
+    assert short["sshs_model_hash"] == longer["sshs_model_hash"] == titled["sshs_model_hash"]
+    assert short["sshs_legacy_hash"] != longer["sshs_legacy_hash"]
+    assert short["sshs_legacy_hash"] == titled["sshs_legacy_hash"]
+    # The old definition (the window of the tensor data alone) gives one value for both: the fault fixed here.
+    data = lambda path: path.read_bytes()[8 + struct.unpack("<Q", path.read_bytes()[:8])[0]:]
+    old = {hashlib.sha256(data(tmp_path / f"{n}.safetensors")[0x100000:0x110000]).hexdigest()[:8] for n in "ab"}
+    assert len(old) == 1

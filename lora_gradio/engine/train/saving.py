@@ -2,8 +2,9 @@
 
 - `epoch_file_name`: `NAME-01.safetensors` (more digits when there are 100+ epochs); the final epoch too.
 - `save_lora`: safetensors written atomically with string metadata plus `sshs_model_hash` (sha256 of the tensor
-  data, i.e. every byte after the 8-byte length and the JSON header) and `sshs_legacy_hash` (first 8 hex of the
-  sha256 of the 0x10000 bytes at offset 0x100000 of that same tensor data).
+  data, i.e. every byte after the 8-byte length and the JSON header) and `sshs_legacy_hash`, as kohya's
+  `precalculate_safetensors_hashes` computes it: first 8 hex of the sha256 of the 0x10000 bytes at offset
+  0x100000 of the whole file serialized with only the `ss_*` metadata (so it moves with that header's length).
 - `build_metadata`: kohya's `ss_*` keys and the `modelspec.*` keys, every value a string.
 - `prune_epochs`: keep the last N epoch files (moved to a trash when a trash function is given).
 - `read_lora_metadata`, `legacy_sd_model_hash` (A1111's old 8-char checkpoint hash), `full_file_sha256`.
@@ -90,27 +91,35 @@ def _safetensors_header_length(data: bytes | memoryview) -> int:
     return n
 
 
-def tensor_data_hashes(tensor_data: bytes | memoryview) -> tuple[str, str]:
-    """(`sshs_model_hash`, `sshs_legacy_hash`) of a safetensors file's tensor-data section."""
-    model_hash = hashlib.sha256(tensor_data).hexdigest()
-    legacy = hashlib.sha256(tensor_data[LEGACY_OFFSET: LEGACY_OFFSET + LEGACY_LENGTH]).hexdigest()[:8]
-    return model_hash, legacy
+def _window_hash(blob: bytes | memoryview) -> str:
+    return hashlib.sha256(blob[LEGACY_OFFSET: LEGACY_OFFSET + LEGACY_LENGTH]).hexdigest()[:8]
+
+
+def training_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
+    """The `ss_*` keys kohya keeps when it serializes for the hashes, so a title or other user key cannot change them."""
+    return {k: v for k, v in metadata.items() if k.startswith("ss_")}
+
+
+def kohya_hashes(tensors: Mapping[str, Any], metadata: Mapping[str, str]) -> tuple[str, str, bytes]:
+    """(`sshs_model_hash`, `sshs_legacy_hash`, serialized bytes) as kohya precalculates them.
+
+    kohya serializes the tensors with only the `ss_*` metadata; the model hash is the sha256 of that
+    serialization's tensor data, the legacy hash the window at 0x100000 of the whole serialization, header
+    included, so two files with the same tensors but `ss_*` headers of another length differ.
+    """
+    from safetensors.torch import save as st_save
+
+    blob = st_save(dict(tensors), metadata=training_metadata(metadata))
+    data = memoryview(blob)[8 + _safetensors_header_length(blob):]
+    return hashlib.sha256(data).hexdigest(), _window_hash(blob), blob
 
 
 def safetensors_file_hashes(path: Path) -> tuple[str, str]:
-    """The same two hashes, computed from a file on disk (streamed)."""
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise ValueError(f"{path} is not a safetensors file: shorter than its 8-byte header length")
-        start = 8 + struct.unpack("<Q", head)[0]
-        f.seek(start)
-        model = hashlib.sha256()
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            model.update(chunk)
-        f.seek(start + LEGACY_OFFSET)
-        legacy = hashlib.sha256(f.read(LEGACY_LENGTH)).hexdigest()[:8]
-    return model.hexdigest(), legacy
+    """The two hashes of a saved file, recomputed as kohya would from its tensors and `ss_*` metadata."""
+    from safetensors.torch import load_file
+
+    model_hash, legacy, _ = kohya_hashes(load_file(str(path)), read_lora_metadata(path))
+    return model_hash, legacy
 
 
 def legacy_sd_model_hash(path: Path) -> str:
@@ -141,9 +150,9 @@ def _as_text(value: Any) -> str:
 def save_lora(path: Path, tensors: Mapping[str, Any], metadata: Mapping[str, Any] | None = None) -> dict[str, str]:
     """Write `tensors` (name -> CPU tensor) to `path` atomically, with `metadata` and the two sshs hashes.
 
-    Returns the metadata as written (all strings). The tensor data is serialized once to compute the
-    hashes, then again with them in the header; safetensors' layout is deterministic, and the data
-    section is checked to be identical before anything is written.
+    Returns the metadata as written (all strings). The tensors are serialized once with the `ss_*` keys
+    for the hashes (kohya's way), then again with every key and the hashes; safetensors' data layout is
+    deterministic, and the data section is checked to be identical before anything is written.
     """
     from safetensors.torch import save as st_save
 
@@ -151,16 +160,14 @@ def save_lora(path: Path, tensors: Mapping[str, Any], metadata: Mapping[str, Any
     meta.pop("sshs_model_hash", None)
     meta.pop("sshs_legacy_hash", None)
     tensors = {k: (v.contiguous() if not v.is_contiguous() else v) for k, v in tensors.items()}
-    first = st_save(tensors, metadata=meta)
-    data_first = memoryview(first)[8 + _safetensors_header_length(first):]
-    model_hash, legacy_hash = tensor_data_hashes(data_first)
+    model_hash, legacy_hash, first = kohya_hashes(tensors, meta)
     meta["sshs_model_hash"] = model_hash
     meta["sshs_legacy_hash"] = legacy_hash
     blob = st_save(tensors, metadata=meta)
     data = memoryview(blob)[8 + _safetensors_header_length(blob):]
-    if data.nbytes != data_first.nbytes or hashlib.sha256(data).hexdigest() != model_hash:
+    if data.nbytes != len(first) - 8 - _safetensors_header_length(first) or hashlib.sha256(data).hexdigest() != model_hash:
         raise RuntimeError("safetensors wrote different tensor data on the second pass; the hash would be wrong")
-    del first, data_first
+    del first
     path = Path(path)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:

@@ -166,7 +166,7 @@ class TrainSettings(SettingsBase):
         "auto",
         description="auto: mixed bf16 where the GPU has it, else mixed fp16; fp16/bf16: mixed (the LoRA in fp32); "
         "full_fp16/full_bf16: the LoRA and its gradients in 16 bits too, the least memory (the XL notebook's full fp16 fits a T4); "
-        "no: float32. Always float32 on a CPU.",
+        "no: float32. On a CPU only bf16/full_bf16 are kept (torch's CPU autocast); the others train in float32 there.",
     )
     save_precision: Literal["fp16", "bf16", "float"] = Field("fp16", description="Precision of the saved LoRA file: fp16 loads everywhere.")
     noise_offset: float = Field(0.0, ge=0, le=1, description="Helps very dark or bright images (0.03-0.1); 0 = off.")

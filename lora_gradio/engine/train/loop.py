@@ -295,15 +295,12 @@ def _cuda_available() -> bool:
 
 def _mixed_precision(settings: cfg.TrainSettings, on_cuda: bool) -> tuple[str, bool]:
     """(Accelerate's mixed precision, whether the LoRA itself is in 16 bits too: the notebook's "full")."""
-    if not on_cuda:
-        return "no", False  # fp32 on the CPU: half precision there is slow and inexact
-    choice = settings.mixed_precision
-    full = choice.startswith("full_")
-    if choice != "auto":
-        return choice.replace("full_", ""), full
     import torch
 
-    return ("bf16" if torch.cuda.is_bf16_supported() else "fp16"), False
+    from lora_gradio.engine.train.memory import resolved_precision
+
+    chosen = resolved_precision(settings, on_cuda, on_cuda and torch.cuda.is_bf16_supported())
+    return chosen.replace("full_", ""), chosen.startswith("full_")
 
 
 def _allow_fp16_gradients(accelerator: Any) -> None:
@@ -344,6 +341,8 @@ def _run(project: Project, settings: cfg.TrainSettings, dataset: Any, plan: Step
 
             # Too big is refused with the change that fits: spilling into shared memory makes SDXL 10-100x slower.
             refuse_if_too_big(report)
+    if not on_cuda and precision == "no" and settings.mixed_precision not in ("auto", "no"):
+        progress.log(f"mixed_precision={settings.mixed_precision} trains in float32 on the CPU: fp16 needs loss scaling, which the CPU lacks (bf16 is kept).")
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
     set_seed(settings.seed)
     started_at = time.time()

@@ -462,12 +462,13 @@ class MemoryEstimate:
 
 
 def resolved_precision(settings: Any, on_cuda: bool = True, bf16_supported: bool = True) -> str:
-    """What the loop trains in: "no" (fp32) on the CPU; "auto" is mixed "bf16" where the GPU has it, else
-    mixed "fp16"; "fp16"/"bf16" are mixed precision (16-bit weights and activations, the network, its
-    gradients and the optimizer state in fp32); "full_fp16"/"full_bf16" keep the network, its gradients and
-    the optimizer state in 16 bits too (kohya's --full_fp16/--full_bf16, the XL notebook's "full fp16")."""
+    """What the loop trains in: "auto" is mixed "bf16" where the GPU has it, else mixed "fp16"; "fp16"/"bf16"
+    are mixed precision (16-bit weights and activations, the network, its gradients and the optimizer state
+    in fp32); "full_fp16"/"full_bf16" keep the network, its gradients and the optimizer state in 16 bits too
+    (kohya's --full_fp16/--full_bf16, the XL notebook's "full fp16"). On the CPU only a bf16 choice is kept
+    (torch's CPU autocast); the others are "no" (fp32): the CPU has no fp16 loss scaling."""
     if not on_cuda:
-        return "no"
+        return settings.mixed_precision if settings.mixed_precision in ("bf16", "full_bf16") else "no"
     if settings.mixed_precision != "auto":
         return settings.mixed_precision
     return "bf16" if bf16_supported else "fp16"
@@ -733,7 +734,7 @@ def check_fits(estimate: MemoryEstimate, free_bytes: "int | None", *, gpu_name: 
     `refuse_if_too_big(report)` turns a "too_big" verdict into the error that stops a run.
     """
     if free_bytes is None:
-        message = ("No NVIDIA GPU found: training will run on the CPU in fp32, very slowly. "
+        message = ("No NVIDIA GPU found: training will run on the CPU (fp32 unless bf16 is chosen), very slowly. "
                    "Use a machine or Colab runtime with a GPU for real runs.")
         return FitReport("no_gpu", estimate, None, message=message)
     name = f" on {gpu_name}" if gpu_name else ""

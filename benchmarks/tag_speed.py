@@ -92,6 +92,48 @@ def make_jpeg(path: Path, seed: int, size: tuple[int, int]) -> None:
     Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(path, quality=90)
 
 
+def measure(tmp: Path, model_source: str, images: int, size: tuple[int, int], batch_size: "int | None" = None,
+            providers: "list[str] | None" = None) -> dict:
+    """Bare vs end-to-end tagging speed (images/s) in a project under `tmp`; see the module doc.
+    `providers`: onnxruntime's execution providers (default: the tagger's choice, a GPU's when it has one)."""
+    width, height = size
+    loaded = tagger.load_wd_tagger(model_source, providers=providers)
+    batch = batch_size or loaded.fixed_batch or tagger._DEFAULT_BATCH
+    project = Projects(tmp / "Loras").create("bench")
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor() as pool:
+        list(pool.map(lambda i: make_jpeg(project.dataset_dir / f"{i:05d}.jpg", i, (width, height)), range(images)))
+    write_seconds = time.perf_counter() - t0
+
+    # 1. Bare model throughput on in-memory batches (after one warm-up batch).
+    rng = np.random.default_rng(1)
+    data = rng.uniform(0, 255, (batch, loaded.height, loaded.width, 3)).astype(np.float32)
+    loaded.predict(data)
+    t0 = time.perf_counter()
+    done = 0
+    while done < images:
+        n = min(batch, images - done)
+        loaded.predict(data[:n])
+        done += n
+    bare = images / (time.perf_counter() - t0)
+
+    # 2. End to end through tag_images (same loaded session: no load time counted).
+    t0 = time.perf_counter()
+    report = tagger.tag_images(project, [loaded], existing="overwrite", batch_size=batch)
+    e2e = len(report.tagged) / (time.perf_counter() - t0)
+    assert len(report.tagged) == images, report.summary()
+
+    # For reference: decode + preprocess alone, in the same thread pool size.
+    paths = sorted(project.dataset_dir.glob("*.jpg"))
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=tagger._WORKERS) as pool:
+        list(pool.map(lambda p: tagger.preprocess_wd(p, [(loaded.height, loaded.width)]), paths))
+    decode = len(paths) / (time.perf_counter() - t0)
+    return {"providers": list(loaded.providers), "batch": batch, "images": images, "size": f"{width}x{height}",
+            "bare_images_per_s": bare, "end_to_end_images_per_s": e2e, "decode_images_per_s": decode,
+            "ratio": e2e / bare, "workers": tagger._WORKERS, "jpeg_write_seconds": write_seconds}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=500)
@@ -111,45 +153,14 @@ def main() -> None:
         else:
             model_source = str(build_conv_tagger(tmp / "model", args.input, args.width, args.tags))
             label = f"random-weight conv tagger, {args.input}x{args.input} input, width {args.width}, {args.tags} tags"
-        loaded = tagger.load_wd_tagger(model_source)
-        batch = args.batch_size or loaded.fixed_batch or tagger._DEFAULT_BATCH
-        print(f"model: {label}; providers {loaded.providers}; batch {batch}")
+        result = measure(tmp, model_source, args.images, (width, height), args.batch_size)
+        print(f"model: {label}; providers {result['providers']}; batch {result['batch']}")
+        print(f"wrote {args.images} JPEGs of {width}x{height} in {result['jpeg_write_seconds']:.1f} s")
 
-        project = Projects(tmp / "Loras").create("bench")
-        t0 = time.perf_counter()
-        with ThreadPoolExecutor() as pool:
-            list(pool.map(lambda i: make_jpeg(project.dataset_dir / f"{i:05d}.jpg", i, (width, height)), range(args.images)))
-        print(f"wrote {args.images} JPEGs of {width}x{height} in {time.perf_counter() - t0:.1f} s")
-
-        # 1. Bare model throughput on in-memory batches (after one warm-up batch).
-        rng = np.random.default_rng(1)
-        data = rng.uniform(0, 255, (batch, loaded.height, loaded.width, 3)).astype(np.float32)
-        loaded.predict(data)
-        t0 = time.perf_counter()
-        done = 0
-        while done < args.images:
-            n = min(batch, args.images - done)
-            loaded.predict(data[:n])
-            done += n
-        bare = args.images / (time.perf_counter() - t0)
-
-        # 2. End to end through tag_images (same loaded session: no load time counted).
-        t0 = time.perf_counter()
-        report = tagger.tag_images(project, [loaded], existing="overwrite", batch_size=batch)
-        e2e = len(report.tagged) / (time.perf_counter() - t0)
-        assert len(report.tagged) == args.images, report.summary()
-
-        # For reference: decode + preprocess alone, in the same thread pool size.
-        paths = sorted(project.dataset_dir.glob("*.jpg"))
-        t0 = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=tagger._WORKERS) as pool:
-            list(pool.map(lambda p: tagger.preprocess_wd(p, [(loaded.height, loaded.width)]), paths))
-        decode = len(paths) / (time.perf_counter() - t0)
-
-    print(f"bare ONNX inference : {bare:8.1f} images/s")
-    print(f"end-to-end tag_images: {e2e:8.1f} images/s")
-    print(f"decode+preprocess only ({tagger._WORKERS} threads): {decode:8.1f} images/s")
-    print(f"ratio end-to-end / bare: {100 * e2e / bare:.0f}% (target >= 90%)")
+    print(f"bare ONNX inference : {result['bare_images_per_s']:8.1f} images/s")
+    print(f"end-to-end tag_images: {result['end_to_end_images_per_s']:8.1f} images/s")
+    print(f"decode+preprocess only ({result['workers']} threads): {result['decode_images_per_s']:8.1f} images/s")
+    print(f"ratio end-to-end / bare: {100 * result['ratio']:.0f}% (target >= 90%)")
 
 
 if __name__ == "__main__":

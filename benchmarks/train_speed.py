@@ -43,29 +43,34 @@ def peak_tflops(name: str) -> "float | None":
     return None
 
 
-def tokenizers_for_benchmark(version: str):
-    """The real CLIP tokenizer(s) when cached; else the tests' small ones (same 77-token chunks)."""
-    try:
-        from lora_gradio.engine.train.models import clip_tokenizers
+def tokenizers_for_benchmark(version: str, small: bool = False):
+    """The real CLIP tokenizer(s) when cached; else (or `small`) the tests' small ones (same 77-token chunks)."""
+    if not small:
+        try:
+            from lora_gradio.engine.train.models import clip_tokenizers
 
-        return clip_tokenizers(version), "the model's own"
-    except Exception:
-        from transformers import CLIPTokenizer
+            return clip_tokenizers(version), "the model's own"
+        except Exception:
+            pass
+    from transformers import CLIPTokenizer
 
-        from tests.tiny_sd import write_tiny_tokenizer
-        from tests.tiny_sdxl import write_tiny_tokenizer_2
+    from tests.tiny_sd import write_tiny_tokenizer
+    from tests.tiny_sdxl import write_tiny_tokenizer_2
 
-        folder = Path(tempfile.mkdtemp())
-        write_tiny_tokenizer(folder / "tokenizer")
-        found = [CLIPTokenizer.from_pretrained(folder / "tokenizer")]
-        if version == "sdxl":
-            write_tiny_tokenizer_2(folder / "tokenizer_2")
-            found.append(CLIPTokenizer.from_pretrained(folder / "tokenizer_2"))
-        return found, "small test vocabulary (same sequence lengths)"
+    folder = Path(tempfile.mkdtemp())
+    write_tiny_tokenizer(folder / "tokenizer")
+    found = [CLIPTokenizer.from_pretrained(folder / "tokenizer")]
+    if version == "sdxl":
+        write_tiny_tokenizer_2(folder / "tokenizer_2")
+        found.append(CLIPTokenizer.from_pretrained(folder / "tokenizer_2"))
+    return found, "small test vocabulary (same sequence lengths)"
 
 
-def build_random_model(family_key: str):
-    """(BaseModel, tokenizer description) with the real architecture and random weights, on the CPU."""
+def build_random_model(family_key: str, device: str = "cpu", tiny: bool = False):
+    """(BaseModel, tokenizer description) with the real architecture and random weights, built on `device`
+    (a GPU builds SDXL's 2.6B parameters in seconds, a CPU in about a minute). `tiny`: the tests' tiny
+    models of the same classes instead (tests/tiny_sd.py, tests/tiny_sdxl.py), for smoke runs of this code."""
+    import torch
     from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
@@ -77,14 +82,119 @@ def build_random_model(family_key: str):
     def config(part: str) -> dict:
         return json.loads((folder / part / "config.json").read_text())
 
-    unet = UNet2DConditionModel.from_config(config("unet"))
-    encoders = [CLIPTextModel(CLIPTextConfig(**config("text_encoder")))]
-    if family_key == "sdxl":
-        encoders.append(CLIPTextModelWithProjection(CLIPTextConfig(**config("text_encoder_2"))))
-    tokenizers, tokenizer_name = tokenizers_for_benchmark(version)
-    scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, clip_sample=False)
-    model = BaseModel(unet, None, encoders, tokenizers, scheduler, version, ModelSource("diffusers", "random", f"random {family_key}"))
+    with torch.device(device):
+        if tiny and family_key == "sdxl":
+            from tests.tiny_sdxl import tiny_sdxl_components
+
+            unet, _vae, te1, te2 = tiny_sdxl_components()
+            encoders = [te1, te2]
+        elif tiny:
+            from tests.tiny_sd import _vocab_size, tiny_components
+
+            unet, _vae, text_config = tiny_components()
+            vocab = _vocab_size()
+            text_config.vocab_size, text_config.bos_token_id, text_config.eos_token_id, text_config.pad_token_id = vocab, vocab - 2, vocab - 1, vocab - 1
+            encoders = [CLIPTextModel(text_config)]
+        else:
+            unet = UNet2DConditionModel.from_config(config("unet"))
+            encoders = [CLIPTextModel(CLIPTextConfig(**config("text_encoder")))]
+            if family_key == "sdxl":
+                encoders.append(CLIPTextModelWithProjection(CLIPTextConfig(**config("text_encoder_2"))))
+        scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, clip_sample=False)
+    tokenizers, tokenizer_name = tokenizers_for_benchmark(version) if not tiny else tokenizers_for_benchmark(version, small=True)
+    model = BaseModel(unet, None, encoders, tokenizers, scheduler, version, ModelSource("diffusers", "random", f"random {'tiny ' if tiny else ''}{family_key}"))
     return model, tokenizer_name
+
+
+def benchmark_settings(family_key: str, batch: int, resolution: int, *, lora_type: str = "LoRA", gradient_checkpointing: bool = False,
+                       optimizer: str = "AdamW8bit", mixed_precision: str = "auto"):
+    """The guides' training settings for a benchmark step (SDXL: the XL notebook's network, min-SNR and noise)."""
+    from lora_gradio.engine.train.config import TrainSettings
+    from lora_gradio.engine.train.family import SDXL_DEFAULTS
+
+    keys = ("min_snr_gamma", "multires_noise_iterations", "multires_noise_discount", "network_dim", "network_alpha")
+    family_defaults = {k: v for k, v in SDXL_DEFAULTS.items() if k in keys} if family_key == "sdxl" else {}
+    return TrainSettings(**{**family_defaults, "train_batch_size": batch, "resolution": resolution, "lora_type": lora_type,
+                            "gradient_checkpointing": gradient_checkpointing, "max_bucket_reso": max(1024, resolution),
+                            "optimizer": optimizer, "mixed_precision": mixed_precision})
+
+
+class BenchmarkStep:
+    """One training step as the trainer takes it (`loop.training_step`, then the optimizer), on random latents:
+    the network over `model` (built once, reused across set-ups), an Accelerator in `precision`, and the
+    optimizer. Call it to take a step; `free()` drops the optimizer and gradients before the next set-up."""
+
+    def __init__(self, model, settings, precision: str, on_cuda: bool, network=None):
+        import torch
+        from accelerate import Accelerator
+
+        from lora_gradio.engine.train.config import resolved_min_snr_gamma
+        from lora_gradio.engine.train.network import create_network
+        from lora_gradio.engine.train.optim import build_optimizer
+
+        self.model, self.settings, self.precision = model, settings, precision
+        self.accelerator = Accelerator(mixed_precision=precision, cpu=not on_cuda)
+        device = self.device = self.accelerator.device
+        self.dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
+        family, unet = model.family, model.unet
+        for part in (unet, *model.text_encoders):  # as loop.py sets them up
+            part.requires_grad_(False)
+            part.eval()
+        if network is None:
+            network = create_network(unet, family.network_text_encoders(model), settings.lora_type, settings.network_dim, settings.network_alpha,
+                                     settings.conv_dim, settings.conv_alpha, unet_name=family.lora_unet_name(model))
+            network.apply_to()
+        self.network = network
+        unet.to(device, dtype=self.dtype)
+        for encoder in model.text_encoders:
+            encoder.to(device, dtype=self.dtype)
+        network.to(device, dtype=torch.float32)
+        if settings.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+            unet.train()
+            for encoder in model.text_encoders:  # the text encoders are trained here
+                encoder.gradient_checkpointing_enable()
+                encoder.train()
+        elif getattr(unet, "is_gradient_checkpointing", False):
+            unet.disable_gradient_checkpointing()
+            for encoder in model.text_encoders:
+                encoder.gradient_checkpointing_disable()
+        optimizer, self.optimizer_name = build_optimizer(settings.optimizer, network.param_groups(settings.unet_lr, settings.text_encoder_lr), [], on_cuda)
+        self.prepared, self.optimizer = self.accelerator.prepare(network, optimizer)
+        self.gamma = resolved_min_snr_gamma(settings)
+        self.alphas = model.noise_scheduler.alphas_cumprod.to(device)
+        self.caption = ", ".join(f"tag{i} 1girl solo smile red hair" for i in range(60))  # long enough for 225 tokens
+        batch, reso = settings.train_batch_size, settings.resolution
+        self.latent_shape = (batch, 4, reso // 8, reso // 8)
+        # SDXL's size conditioning for square images at the training resolution.
+        self.size_ids = torch.tensor([[reso, reso, 0, 0, reso, reso]] * batch, dtype=torch.float32) if family.key == "sdxl" else None
+
+    def __call__(self) -> float:
+        import torch
+
+        from lora_gradio.engine.train.loop import training_step
+
+        batch = self.settings.train_batch_size
+        latents = torch.randn(*self.latent_shape)
+        loss = training_step(self.accelerator, self.model, self.prepared, latents, [self.caption] * batch, [False] * batch, self.settings,
+                             self.gamma, self.alphas, self.dtype, True, size_ids=self.size_ids)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    def count_flops(self) -> int:
+        """FLOPs of one step (forward, backward, optimizer), counted by torch.utils.flop_counter; takes the step."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as counter:
+            self()
+        return counter.get_total_flops()
+
+    def free(self) -> None:
+        for p in self.network.parameters():
+            p.grad = None
+        self.accelerator.free_memory()
+        self.optimizer = self.prepared = None
 
 
 def main() -> int:
@@ -109,60 +219,18 @@ def main() -> int:
     if args.batch is None:
         args.batch = (1 if xl else 2) if on_cuda else 1
 
-    from accelerate import Accelerator
-
-    from lora_gradio.engine.train.config import TrainSettings, resolved_min_snr_gamma
-    from lora_gradio.engine.train.family import SDXL_DEFAULTS
-    from lora_gradio.engine.train.loop import training_step
-    from lora_gradio.engine.train.network import create_network
-    from lora_gradio.engine.train.optim import build_optimizer
-
-    family_defaults = {k: v for k, v in SDXL_DEFAULTS.items() if k in ("min_snr_gamma", "multires_noise_iterations", "multires_noise_discount", "network_dim", "network_alpha")} if xl else {}
-    settings = TrainSettings(**{**family_defaults, "train_batch_size": args.batch, "resolution": args.resolution, "lora_type": args.lora_type,
-                                "gradient_checkpointing": args.gradient_checkpointing, "max_bucket_reso": max(1024, args.resolution)})
     precision = "no" if not on_cuda else (args.precision if args.precision != "auto" else ("bf16" if torch.cuda.is_bf16_supported() else "fp16"))
-    accelerator = Accelerator(mixed_precision=precision, cpu=not on_cuda)
-    device = accelerator.device
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
+    settings = benchmark_settings(args.family, args.batch, args.resolution, lora_type=args.lora_type, gradient_checkpointing=args.gradient_checkpointing)
     torch.manual_seed(0)
-    model, tokenizer_name = build_random_model(args.family)
-    family, unet = model.family, model.unet
-    network = create_network(unet, family.network_text_encoders(model), settings.lora_type, settings.network_dim, settings.network_alpha,
-                             settings.conv_dim, settings.conv_alpha, unet_name=family.lora_unet_name(model))
-    network.apply_to()
-    unet.to(device, dtype=dtype)
-    for encoder in model.text_encoders:
-        encoder.to(device, dtype=dtype)
-    network.to(device, dtype=torch.float32)
-    if args.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-        unet.train()
-    optimizer, optimizer_name = build_optimizer("AdamW8bit", network.param_groups(settings.unet_lr, settings.text_encoder_lr), [], on_cuda)
-    network, optimizer = accelerator.prepare(network, optimizer)
-    gamma = resolved_min_snr_gamma(settings)
-    alphas = model.noise_scheduler.alphas_cumprod.to(device)
-    caption = ", ".join(f"tag{i} 1girl solo smile red hair" for i in range(60))  # long enough for 225 tokens
-    latent = args.resolution // 8
-    # SDXL's size conditioning for square images at the training resolution.
-    size_ids = torch.tensor([[args.resolution, args.resolution, 0, 0, args.resolution, args.resolution]] * args.batch, dtype=torch.float32) if xl else None
-
-    def step() -> float:
-        latents = torch.randn(args.batch, 4, latent, latent)
-        loss = training_step(accelerator, model, network, latents, [caption] * args.batch, [False] * args.batch, settings, gamma, alphas, dtype, True,
-                             size_ids=size_ids)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss
+    model, tokenizer_name = build_random_model(args.family, device="cuda" if on_cuda else "cpu")
+    step = BenchmarkStep(model, settings, precision, on_cuda)
+    optimizer_name = step.optimizer_name
 
     def sync() -> None:
         if on_cuda:
             torch.cuda.synchronize()
 
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter:
-        step()
-    flops_per_step = counter.get_total_flops()
+    flops_per_step = step.count_flops()
     for _ in range(args.warmup):
         step()
     if on_cuda:

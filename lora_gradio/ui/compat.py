@@ -101,6 +101,31 @@ def _ticker(blocks: gr.Blocks, seconds: float) -> Callable[..., Any]:
     return button.click
 
 
+# Events that a version's page sends for a component whose Python class does not list them: Gradio 4.x's
+# Number field reports leaving it ("blur"), as its Textbox does, but `gr.Number` only gains `.blur` in 5.
+_SENT_BUT_UNLISTED = {("Number", "blur")}
+
+
+def listener(widget: Any, event: str) -> Callable[..., Any]:
+    """The method that attaches a handler to `widget`'s `event` (`listener(box, "blur")(fn, ...)` is
+    `box.blur(fn, ...)`), on every Gradio version.
+
+    Where the class lacks the method but this version's page still sends the event (see
+    `_SENT_BUT_UNLISTED`), the handler is attached to the event by name, which is all the page needs.
+    Anything else is an error that names the version, at build time rather than as a missing tab.
+    """
+    method = getattr(widget, event, None)
+    if method is not None:
+        return method
+    if (type(widget).__name__, event) in _SENT_BUT_UNLISTED and GRADIO_MAJOR == 4:
+        import functools
+
+        from gradio.events import EventListener
+
+        return functools.partial(EventListener(event).listener, widget)
+    raise AttributeError(f"Gradio {gr.__version__}: {type(widget).__name__} has no '{event}' event")
+
+
 def quiet() -> dict[str, Any]:
     """Event options for background refreshes: no spinner over the outputs, hidden from the API."""
     options: dict[str, Any] = {"show_progress": "hidden"}

@@ -168,7 +168,7 @@ def build_train_tab(blocks, projects: Projects, project_dropdown, webui=None) ->
     loaded_outputs = [settings_message, calculator, *form.widgets, shown]
     for key, widget in zip(form.keys, form.widgets):
         # Typing fields save when left (not on every key), choices and tables as soon as they change.
-        event = widget.blur if isinstance(widget, (gr.Textbox, gr.Number)) else widget.input
+        event = compat.listener(widget, "blur" if isinstance(widget, (gr.Textbox, gr.Number)) else "input")
         if key == "training_model":
             event(autosave_model, inputs=[project_dropdown, shown, widget], outputs=loaded_outputs, show_progress="hidden")
         else:

@@ -29,3 +29,12 @@ def die_hard(project, progress=None):
 
     progress.update(1, 2, "about to die")
     os._exit(9)  # like the OOM killer: no final event
+
+
+def python_in_use(project, progress=None):
+    """Which Python runs the job, and where its lora_gradio comes from."""
+    import sys
+
+    import lora_gradio
+
+    return {"executable": sys.executable, "prefix": sys.prefix, "package": lora_gradio.__file__}

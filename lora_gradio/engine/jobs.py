@@ -180,10 +180,25 @@ def job_python() -> str:
     return os.environ.get(JOB_PYTHON_ENV) or sys.executable
 
 
+def _job_pythonpath() -> str:
+    """PYTHONPATH for a job: the folder that holds this lora_gradio first, so the job runs this very
+    code under any Python (inside a WebUI the extension's folder is on nobody's path), unless that
+    folder is one of this Python's site-packages (an installed copy: another Python must not see
+    this one's packages before its own)."""
+    import sysconfig
+
+    root = Path(__file__).resolve().parents[2]
+    sites = {Path(p).resolve() for key in ("purelib", "platlib") if (p := sysconfig.get_paths().get(key))}
+    current = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return os.pathsep.join(dict.fromkeys(current if root in sites else [str(root), *current]))
+
+
 def _spawn_detached(folder: Path, extra_env: "dict[str, str]") -> int:
     """Start the runner for `folder` so it outlives this process; return its pid."""
     cmd = [job_python(), "-m", "lora_gradio.engine.jobs", "run", str(folder)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **extra_env}
+    if pythonpath := _job_pythonpath():
+        env["PYTHONPATH"] = pythonpath
     if os.name == "nt":  # pragma: no cover - exercised on Windows only
         flags = subprocess.DETACHED_PROCESS | subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
         with open(folder / "log.txt", "ab") as log:

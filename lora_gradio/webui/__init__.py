@@ -75,6 +75,13 @@ class WebUIHooks:
 
         sd_models.unload_model_weights()
 
+    def job_env_note(self) -> "str | None":
+        """One sentence for the tab when the jobs run in the extension's own environment (see
+        `lora_gradio.webui.job_env`), which this also makes the jobs' Python; None otherwise."""
+        from lora_gradio.webui.job_env import use_job_env
+
+        return use_job_env()
+
     def lora_folder(self) -> Path | None:
         """The WebUI's Lora folder (see `webui_lora_dir`)."""
         return webui_lora_dir()
@@ -131,6 +138,10 @@ def add_xyz_axes(scripts_data=None):
 def register() -> None:
     """Register the tab, its settings and the X/Y/Z axes with the WebUI (call at script import)."""
     from modules import script_callbacks, shared
+
+    from lora_gradio.webui.job_env import use_job_env
+
+    use_job_env()  # jobs started from this WebUI run in the installer's environment when it made one
 
     def add_settings() -> None:
         section = SETTINGS_SECTION

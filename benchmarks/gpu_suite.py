@@ -127,6 +127,13 @@ def _round(value: Any, digits: int = 4) -> Any:
     return value
 
 
+def _sig(value: Any, digits: int = 4) -> Any:
+    """`value` to `digits` significant digits (tiny CPU figures stay above zero)."""
+    if isinstance(value, float):
+        return float(f"{value:.{digits}g}") if math.isfinite(value) else None
+    return value
+
+
 # Child process: the parts ------------------------------------------------------------------------
 
 
@@ -246,6 +253,7 @@ def train_steps(config: dict, out: Result, family: str, precision: str) -> None:
     if smoke:
         out.note("smoke: tiny model on the CPU; its figures measure nothing, and the memory estimate is the real model's")
     bnb_ok = config.get("packages", {}).get("bitsandbytes", {}).get("ok", False)
+    adamw8bit = config.get("adamw8bit", "works")  # the probe's one AdamW8bit step on this GPU
     network = None
     flops: dict[tuple, int] = {}
     seconds_per_sample = None
@@ -257,6 +265,9 @@ def train_steps(config: dict, out: Result, family: str, precision: str) -> None:
             continue
         if optimizer_name == "AdamW8bit" and not bnb_ok:
             out.add_row(dict(row, status="skipped", reason=f"bitsandbytes is not installed ({CARRY_HINT})"))
+            continue
+        if optimizer_name == "AdamW8bit" and adamw8bit != "works":
+            out.add_row(dict(row, status="skipped", reason=f"bitsandbytes' AdamW8bit failed its first step on this GPU: {adamw8bit}"))
             continue
         need = FIRST_POINT_S[family] if on_cuda else 5.0
         if seconds_per_sample is not None:
@@ -295,28 +306,39 @@ def train_steps(config: dict, out: Result, family: str, precision: str) -> None:
             expected = estimate.phase_total("training") - memory.CUDA_CONTEXT_BYTES
             achieved = flops[key] / seconds / 1e12
             row.update(
-                status="measured", optimizer_class=step.optimizer_name.rsplit(".", 1)[-1], seconds_per_step=_round(seconds),
-                samples_per_s=_round(batch / seconds, 3), tflop_per_sample=_round(flops[key] / batch / 1e12, 4),
-                achieved_tflops=_round(achieved, 2), mfu=_round(achieved / peak, 4) if peak else None,
-                peak_allocated_gib=_round(allocated / GiB, 3), peak_reserved_gib=_round(reserved / GiB, 3),
-                estimate_gib=_round(expected / GiB, 3), estimate_error=_round((expected - allocated) / allocated, 4) if allocated else None,
+                status="measured", optimizer_class=step.optimizer_name.rsplit(".", 1)[-1], seconds_per_step=_sig(seconds),
+                samples_per_s=_sig(batch / seconds), tflop_per_sample=_sig(flops[key] / batch / 1e12), flops_per_step=flops[key],
+                achieved_tflops=_sig(achieved), mfu=_sig(achieved / peak) if peak else None,
+                peak_allocated_gib=_sig(allocated / GiB), peak_reserved_gib=_sig(reserved / GiB),
+                estimate_gib=_sig(expected / GiB), estimate_error=_sig((expected - allocated) / allocated) if allocated else None,
                 losses_finite=all(math.isfinite(v) for v in losses), point_seconds=_round(time.monotonic() - point_started, 1),
             )
             scaler = getattr(step.accelerator, "scaler", None)
             if scaler is not None:  # fp16: the GradScaler's scale after the steps (it halves on each skipped step)
                 row["grad_scale"] = float(scaler.get_scale())
+            elif precision == "fp16" and not any("GradScaler" in note for note in out.notes):
+                out.note("fp16 without a GradScaler here: Accelerate makes none on the CPU (a GPU run reports its scale)")
             seconds_per_sample = seconds / batch
         except torch.cuda.OutOfMemoryError as exc:
             row.update(status="out of memory", reason=str(exc).splitlines()[0][:200])
         except UserError as exc:  # an optimizer the machine lacks
             row.update(status="skipped", reason=str(exc)[:300])
+        except Exception as exc:  # noqa: BLE001 - one set-up's failure must not cost the others
+            traceback.print_exc()
+            row.update(status="failed", reason=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300])
         finally:
             if step is not None:
                 step.free()
             del step
             gpu.empty()
         out.add_row(row)
+    failed = [row for row in out.rows if row.get("status") == "failed"]
+    if failed:
+        out.reason = f"{len(failed)} set-up(s) failed: " + "; ".join(sorted({row["reason"] for row in failed}))
     if not any(row.get("status") == "measured" for row in out.rows):
+        if failed:
+            out.status = "failed"
+            return
         raise SkipPart("no set-up could be measured: " + "; ".join(sorted({row.get("reason", row["status"]) for row in out.rows})))
 
 
@@ -735,11 +757,12 @@ def main(argv: "list[str] | None" = None) -> int:
                 result = {"status": "skipped", "reason": f"not enough time left in the suite's budget ({max(left, 0):.0f} s; the part needs at least {part.min_s:.0f} s)"}
             elif missing:
                 why = "; ".join(f"{PACKAGES.get(m, m)} ({packages.get(m, {}).get('error', 'not importable')})" for m in missing)
-                result = {"status": "skipped", "reason": f"missing package(s): {why} — {CARRY_HINT}"}
+                hint = CARRY_HINT.replace("prepare_gpu_wheels.py", "prepare_gpu_wheels.py --with onnx") if "onnx" in missing else CARRY_HINT
+                result = {"status": "skipped", "reason": f"missing package(s): {why} — {hint}"}
             elif part.name == "compare" and report["parts"].get("train_project", {}).get("status") not in ("measured", "failed"):
                 result = {"status": "skipped", "reason": "it compares the LoRA files of the train_project part, which did not run"}
             else:
-                config = dict(base_config, packages=packages)
+                config = dict(base_config, packages=packages, adamw8bit=report.get("environment", {}).get("gpu", {}).get("adamw8bit", "works"))
                 if part.name == "compare":
                     config["from_train_project"] = report["parts"]["train_project"].get("metrics", {})
                 result = run_part(part, config, work, min(budget_s, left), env, log)

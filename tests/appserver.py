@@ -11,6 +11,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 GRADIO3_PYTHON = Path(os.environ.get("LORA_GRADIO_GRADIO3_PYTHON", REPO / ".venv-gradio3" / "bin" / "python"))
+# Forge's pins (Gradio 4.40.0, transformers 4.46.1, diffusers 0.31.0, ...) with torch: page and jobs both run there.
+FORGE_PYTHON = Path(os.environ.get("LORA_GRADIO_FORGE_PYTHON", REPO / ".venv-forge" / "bin" / "python"))
 CHROMIUM = os.environ.get("LORA_GRADIO_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -59,19 +61,29 @@ class AppServer:
         return out or ""
 
 
-def run_under_gradio3(code: str, timeout: int = 180) -> dict:
-    """Run `code` with the WebUI's Gradio 3.41.2 (its own environment) and return the JSON its last
-    line prints. Missing environment: a failure in CI, a skip elsewhere."""
+def run_under(python: Path, code: str, timeout: int = 180, what: str = "the WebUI's") -> dict:
+    """Run `code` with another environment's Python (a WebUI's pinned packages) and return the JSON
+    its last line prints. Missing environment: a failure in CI, a skip elsewhere."""
     import json
 
     import pytest
 
-    if not GRADIO3_PYTHON.exists():
+    if not Path(python).exists():
         if os.environ.get("CI"):
-            pytest.fail(f"{GRADIO3_PYTHON} missing: tests/run.sh makes it")
-        pytest.skip("no Gradio 3.41.2 environment: run tests/run.sh")
+            pytest.fail(f"{python} missing: tests/run.sh makes it")
+        pytest.skip(f"no environment with {what} packages at {python}: run tests/run.sh")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    out = subprocess.run([str(GRADIO3_PYTHON), "-c", code], capture_output=True, text=True, env=env, cwd=REPO, timeout=timeout)
+    out = subprocess.run([str(python), "-c", code], capture_output=True, text=True, env=env, cwd=REPO, timeout=timeout)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_under_gradio3(code: str, timeout: int = 180) -> dict:
+    """`run_under` the AUTOMATIC1111 WebUI's Gradio 3.41.2."""
+    return run_under(GRADIO3_PYTHON, code, timeout, "Gradio 3.41.2")
+
+
+def run_under_forge(code: str, timeout: int = 180) -> dict:
+    """`run_under` Forge's pins (Gradio 4.40.0)."""
+    return run_under(FORGE_PYTHON, code, timeout, "Forge's")
 

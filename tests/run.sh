@@ -26,6 +26,13 @@ echo "== installing the Gradio 3.41.2 environment into .venv-gradio3"
 [ -x .venv-gradio3/bin/python ] || "$PYTHON" -m venv .venv-gradio3
 .venv-gradio3/bin/python -m pip install -q -r tests/gradio3-requirements.txt
 
+# Forge's pinned packages (Gradio 4.40.0, transformers 4.46.1, diffusers 0.31.0, ...) with torch, in
+# .venv-forge: the page and the jobs are tested there as Forge runs them. The project comes from PYTHONPATH.
+echo "== installing Forge's pinned packages into .venv-forge"
+[ -x .venv-forge/bin/python ] || "$PYTHON" -m venv .venv-forge
+.venv-forge/bin/python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
+.venv-forge/bin/python -m pip install -q -r tests/forge-requirements.txt
+
 # A real FiftyOne with its database, in its own environment (it pins packages of its own).
 echo "== installing FiftyOne into .venv-fiftyone"
 bash tests/fiftyone-setup.sh

@@ -1,4 +1,5 @@
-"""Drive the real page in headless Chromium, under the newest Gradio and under Gradio 3.41.2."""
+"""Drive the real page in headless Chromium, under the newest Gradio and under Gradio 3.41.2; the whole
+guide also under Forge's pins (Gradio 4.40.0), with its jobs in Forge's own packages."""
 
 from __future__ import annotations
 
@@ -10,20 +11,24 @@ import pytest
 
 from lora_gradio.engine import jobs
 from lora_gradio.engine.project import Projects
-from tests.appserver import CHROMIUM, CHROMIUM_ARGS, GRADIO3_PYTHON, REPO, AppServer
+from tests.appserver import CHROMIUM, CHROMIUM_ARGS, FORGE_PYTHON, GRADIO3_PYTHON, REPO, AppServer
 from tests.images_factory import make_image
 
 pytestmark = pytest.mark.browser
 ARTIFACTS = REPO / "test-artifacts"
 
 
-def _pythons():
+def _pythons(forge=False):
+    """The Pythons (so Gradio versions) a test runs under; Forge's only for the tests that ask (the walk),
+    to keep CI short: the other tests meet no Gradio difference that the walk does not."""
     yield pytest.param(sys.executable, id="gradio-newest")
-    if GRADIO3_PYTHON.exists():
-        yield pytest.param(str(GRADIO3_PYTHON), id="gradio-3.41.2", marks=pytest.mark.gradio3)
-    elif os.environ.get("CI"):
-        # In CI the Gradio 3.41.2 environment is part of the set-up: its absence is a failure.
-        yield pytest.param(str(GRADIO3_PYTHON), id="gradio-3.41.2-missing", marks=pytest.mark.gradio3)
+    webuis = [(GRADIO3_PYTHON, "gradio-3.41.2", pytest.mark.gradio3)] + ([(FORGE_PYTHON, "forge-gradio-4.40.0", pytest.mark.forge)] if forge else [])
+    for python, label, mark in webuis:
+        if python.exists():
+            yield pytest.param(str(python), id=label, marks=mark)
+        elif os.environ.get("CI"):
+            # In CI the WebUIs' environments are part of the set-up: their absence is a failure.
+            yield pytest.param(str(python), id=f"{label}-missing", marks=mark)
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +46,11 @@ def browser():
 @pytest.fixture(params=list(_pythons()))
 def app(request, tmp_path):
     assert Path(request.param).exists(), f"{request.param} is missing: run the test set-up from README.md"
-    # The WebUI's Gradio 3 environment here has no torch: its jobs run in the main environment,
-    # the way a WebUI install can keep training packages in an environment of their own.
-    server = AppServer(request.param, tmp_path / "Loras", env={"LORA_GRADIO_JOB_PYTHON": sys.executable})
+    # The WebUI's Gradio 3 environment here has no torch: its jobs run in the main environment, the way
+    # the extension runs them in an environment of its own under A1111's pins. Forge's pins run the jobs
+    # themselves (install.py finds nothing they lack), so there the jobs use Forge's packages.
+    job_python = "" if Path(request.param) == FORGE_PYTHON else sys.executable
+    server = AppServer(request.param, tmp_path / "Loras", env={"LORA_GRADIO_JOB_PYTHON": job_python})
     server.label = request.node.callspec.id
     yield server
     log = server.stop()
@@ -450,6 +457,7 @@ def test_compare_grid_and_xyz_values_from_the_test_tab(app, browser, tiny_model)
     page.close()
 
 
+@pytest.mark.parametrize("app", list(_pythons(forge=True)), indirect=True)
 def test_the_whole_guide_through_the_page(app, browser, tmp_path, tiny_model):
     """create -> scrape -> dedupe -> tag -> activation tag -> train -> compare, all by clicking."""
     from tests.booru_server import BooruServer
@@ -460,6 +468,8 @@ def test_the_whole_guide_through_the_page(app, browser, tmp_path, tiny_model):
     page = browser.new_page(viewport={"width": 1280, "height": 1400})
     page.goto(app.url)
     page.wait_for_selector("#lg-create-project", timeout=30_000)
+    # The page says where the jobs run when that is not its own Python (Forge's runs them itself).
+    assert ("Jobs run under" in page.locator("#lg-header").first.inner_text()) == ("forge" not in app.label and "newest" not in app.label)
     project = create_project_on_page(page, app, "walk")
 
     def images():

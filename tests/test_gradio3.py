@@ -1,28 +1,62 @@
-"""The UI must build under the WebUI's Gradio 3.41.2 (the page itself is driven in test_browser)."""
+"""The UI must build under the WebUIs' Gradio: 3.41.2 (AUTOMATIC1111) and 4.40.0 (Forge), each in an
+environment with that WebUI's pins (the page itself is driven in test_browser)."""
 
 import pytest
 
-from tests.appserver import run_under_gradio3
+from tests.appserver import FORGE_PYTHON, GRADIO3_PYTHON, REPO, run_under
 
-pytestmark = pytest.mark.gradio3
+WEBUI_GRADIOS = [
+    pytest.param(GRADIO3_PYTHON, "3.41.2", id="gradio-3.41.2", marks=pytest.mark.gradio3),
+    pytest.param(FORGE_PYTHON, "4.40.0", id="forge-gradio-4.40.0", marks=pytest.mark.forge),
+]
 
 
-def test_ui_builds_under_gradio_3_41_2(tmp_path):
+@pytest.mark.parametrize("python, version", WEBUI_GRADIOS)
+def test_ui_builds_under_the_webuis_gradio(tmp_path, python, version):
     code = (
         "import gradio, json\n"
         "from lora_gradio.ui import build_ui\n"
         f"blocks = build_ui({str(tmp_path)!r})\n"
         "ids = [b.elem_id for b in blocks.blocks.values() if getattr(b, 'elem_id', None)]\n"
-        "loops = [d for d in blocks.dependencies if d.get('every')]\n"
-        "scripts = ' '.join(d.get('js') or '' for d in blocks.dependencies)\n"
-        "print(json.dumps({'gradio': gradio.__version__, 'ids': ids, 'loops': len(loops), 'scripts': scripts}))\n"
+        "timers = [b for b in blocks.blocks.values() if type(b).__name__ == 'Timer']\n"
+        "deps = blocks.get_config_file()['dependencies']\n"
+        "loops = [d for d in deps if d.get('every')]\n"
+        "scripts = ' '.join(d.get('js') or '' for d in deps)\n"
+        "print(json.dumps({'gradio': gradio.__version__, 'ids': ids, 'timers': len(timers), 'loops': len(loops), 'scripts': scripts}))\n"
     )
-    result = run_under_gradio3(code, timeout=120)
-    assert result["gradio"] == "3.41.2"
-    # Live refreshes are presses of hidden buttons by the page, not `every=` loops: a loop holds a
-    # queue worker while the page is open and keeps polling whatever project it started with.
+    result = run_under(python, code, timeout=120, what=f"Gradio {version}")
+    assert result["gradio"] == version
+    # Live refreshes are never `every=` loops: a loop holds a queue worker while the page is open and
+    # keeps polling whatever project it started with. 4.40 has gr.Timer; on 3.41 the page presses
+    # hidden buttons.
     assert result["loops"] == 0
     ticks = [elem_id for elem_id in result["ids"] if elem_id.startswith("lg-tick-")]
-    assert len(ticks) >= 4 and all(f"#{elem_id}'" in result["scripts"] for elem_id in ticks)
+    if version.startswith("3."):
+        assert len(ticks) >= 4 and all(f"#{elem_id}'" in result["scripts"] for elem_id in ticks)
+    else:
+        assert ticks == [] and result["timers"] >= 4
     for elem_id in ("lg-project", "lg-create-project", "lg-job-panel", "lg-upload", "lg-counts", "lg-tab-train", "lg-tab-test"):
         assert elem_id in result["ids"]
+
+
+@pytest.mark.forge
+def test_forge_shows_the_tab_and_axes(tmp_path):
+    """What Forge does with the extension: run the script, then build the tab (AUTOMATIC1111's own
+    Gradio does the same in test_webui_glue)."""
+    script = str(REPO / "scripts" / "lora_gradio_tab.py")
+    code = (
+        "import json, runpy, gradio\n"
+        "from tests import webui_standin\n"
+        f"w = webui_standin.install_into_sys_modules(lora_dir={str(tmp_path / 'Lora')!r})\n"
+        f"runpy.run_path({script!r})\n"
+        "[add() for add in w.callbacks.settings]\n"
+        f"w.shared.opts.lora_gradio_root = {str(tmp_path / 'Loras')!r}\n"
+        "(blocks, title, elem_id), = w.callbacks.tabs[0]()\n"
+        "ids = [b.elem_id for b in blocks.blocks.values() if getattr(b, 'elem_id', None)]\n"
+        "labels = [o.label for o in w.xyz.axis_options]\n"
+        "print(json.dumps({'gradio': gradio.__version__, 'title': title, 'ids': ids, 'labels': labels}))\n"
+    )
+    result = run_under(FORGE_PYTHON, code, what="Forge's")
+    assert result["gradio"] == "4.40.0" and result["title"] == "LoRA Gradio"
+    assert "lg-train-unload" in result["ids"] and "lg-tab-train" in result["ids"]
+    assert result["labels"][-2:] == ["LoRA epoch", "LoRA weight"]

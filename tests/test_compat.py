@@ -30,3 +30,14 @@ def test_files_outside_the_upload_folder_are_refused(upload_dir, tmp_path):
 def test_unfinished_upload_is_explained(upload_dir):
     with pytest.raises(ValueError, match="finished uploading"):
         compat.uploaded_paths([{"name": "pic.png", "data": "data:image/png;base64,AAAA"}])
+
+
+def test_listener_is_the_event_method_and_names_the_version_when_there_is_none():
+    from lora_gradio.ui import compat
+    from lora_gradio.ui.compat import gr
+
+    with gr.Blocks():
+        number, button = gr.Number(), gr.Button()
+        assert compat.listener(number, "blur") == number.blur  # Gradio 4.x's Number is covered by the Forge tests
+        with pytest.raises(AttributeError, match=f"Gradio {gr.__version__}: Button has no 'blur' event"):
+            compat.listener(button, "blur")

@@ -91,7 +91,7 @@ def installed_version(name: str):
 def job_env_reasons(owned=None, version_of=None) -> list:
     """Why the WebUI's own packages cannot run the jobs: each package the WebUI owns (so we never
     change it) that requirements.txt needs at another version, e.g. "transformers 4.30.2 (the jobs
-    need >=4.40)". Empty: the jobs run in the WebUI's environment."""
+    need >=4.40)", or lacks ("no accelerate (...)"). Empty: the jobs run in the WebUI's environment."""
     try:
         from packaging.requirements import Requirement
     except ImportError:  # no way to compare versions here: let the jobs run beside the WebUI as before
@@ -106,7 +106,7 @@ def job_env_reasons(owned=None, version_of=None) -> list:
         requirement = Requirement(line)
         version = version_of(name)
         if version is None:
-            reasons.append(f"{name} is missing (the jobs need {requirement.specifier or 'it'})")
+            reasons.append(f"no {name} (the jobs need {requirement.specifier or 'it'})")
         elif requirement.specifier and not requirement.specifier.contains(version, prereleases=True):
             reasons.append(f"{name} {version} (the jobs need {requirement.specifier})")
     return reasons
@@ -162,19 +162,21 @@ def main():
     owned = webui_owned()
     wanted = list(wanted_packages(owned))
     reasons = job_env_reasons(owned)
+    record = JOB_ENV / JOB_ENV_RECORD
     if not reasons:
         install_missing([spec for name, spec in wanted if not launch.is_installed(name)])  # distribution name, then module
+        if record.is_file():  # the WebUI's packages run the jobs now (it was updated): stop sending them elsewhere
+            record.unlink()
         return
     # The WebUI's pins cannot run the jobs: only what the page needs goes into the WebUI's environment,
     # the jobs get every requirement in their own.
     install_missing([spec for name, spec in wanted if name in PAGE_PACKAGES and not launch.is_installed(name)])
-    record = JOB_ENV / JOB_ENV_RECORD
     specs = [line for name, line in requirement_lines() if name not in PAGE_ONLY]
     if record.is_file() and env_python(JOB_ENV).exists():
         done = json.loads(record.read_text())
         if done.get("ready") and done.get("packages") == specs:
             return
-    print(f"LoRA Gradio: this WebUI pins {'; '.join(reasons)}: preparing the jobs' own environment in {JOB_ENV} (the WebUI's packages stay as they are)")
+    print(f"LoRA Gradio: this WebUI has {' and '.join(reasons)}: preparing the jobs' own environment in {JOB_ENV} (the WebUI's packages stay as they are)")
     prepare_job_env(JOB_ENV, specs, reasons)
 
 

@@ -85,7 +85,7 @@ def test_a1111_pins_need_the_jobs_own_environment_forge_pins_do_not(installer, t
     # Forge's own diffusers and peft are never installed over; the rest of requirements.txt is added.
     assert [name for name, _ in installer.wanted_packages(forge)] == ["tomli-w", "bitsandbytes", "lycoris-lora", "onnxruntime"]
     # A package the WebUI owns but lacks: the jobs cannot have it beside the WebUI either.
-    assert installer.job_env_reasons(forge, lambda name: None if name == "accelerate" else "99") == ["accelerate is missing (the jobs need >=0.30)"]
+    assert installer.job_env_reasons(forge, lambda name: None if name == "accelerate" else "99") == ["no accelerate (the jobs need >=0.30)"]
 
 
 def test_under_a1111_pins_only_the_page_packages_go_into_the_webui(installer, tmp_path, monkeypatch):
@@ -112,6 +112,10 @@ def test_under_a1111_pins_only_the_page_packages_go_into_the_webui(installer, tm
     installer.launch.calls.clear()
     installer.main()
     assert installer.launch.calls == [] and len(prepared) == 1
+    # Once the WebUI's packages can run the jobs (say it was updated), the jobs stay in the WebUI.
+    installer.module["installed_version"] = lambda name: "99"
+    installer.main()
+    assert len(prepared) == 1 and not (env / "lora_gradio_job_env.json").exists()
 
 
 def test_the_jobs_environment_borrows_the_webuis_torch_and_pins_it(installer, tmp_path):
@@ -158,7 +162,7 @@ def test_the_tab_names_the_jobs_environment_and_uses_it(tmp_path, monkeypatch):
     python = bare_venv(tmp_path / "env")
     (folder / "lora_gradio_job_env.json").write_text(json.dumps({**record, "python": str(python), "ready": True}))
     note = job_env.use_job_env(tmp_path)
-    assert note == f"This WebUI pins transformers 4.30.2 (the jobs need >=4.40), so the jobs run in the extension's own environment (`{python}`); the WebUI's packages are untouched."
+    assert note == f"This WebUI has transformers 4.30.2 (the jobs need >=4.40), so the jobs run in the extension's own environment (`{python}`); the WebUI's packages are untouched."
     assert jobs.job_python() == str(python)
     hooks = types.SimpleNamespace(job_env_note=lambda: note)
     assert jobs_note(hooks) == f"\n\n{note}"

@@ -39,15 +39,15 @@ def use_job_env(root: "Path | None" = None) -> "str | None":
     record = read_record(root)
     if record is None:
         return None
-    reasons = "; ".join(str(r) for r in record.get("reasons") or []) or "its pinned packages are too old for training"
+    reasons = " and ".join(str(r) for r in record.get("reasons") or []) or "packages too old for training"
     python = str(record.get("python") or "")
     if not record.get("ready") or not Path(python).exists():
         return (
-            f"This WebUI pins {reasons}, and the jobs' own environment in `{(root or extension_root()) / JOB_ENV_DIR}` is not ready "
+            f"This WebUI has {reasons}, and the jobs' own environment in `{(root or extension_root()) / JOB_ENV_DIR}` is not ready "
             "(see the WebUI's console): restart the WebUI to let the extension's installer finish it; until then training cannot start."
         )
     chosen = os.environ.get(JOB_PYTHON_ENV)
     if chosen and Path(chosen) != Path(python):
         return None  # the person's own choice; the page names it (see job_python_note)
     os.environ[JOB_PYTHON_ENV] = python
-    return f"This WebUI pins {reasons}, so the jobs run in the extension's own environment (`{python}`); the WebUI's packages are untouched."
+    return f"This WebUI has {reasons}, so the jobs run in the extension's own environment (`{python}`); the WebUI's packages are untouched."

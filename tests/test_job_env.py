@@ -168,3 +168,13 @@ def test_the_tab_names_the_jobs_environment_and_uses_it(tmp_path, monkeypatch):
     assert jobs_note(hooks) == f"\n\n{note}"
     # Without the WebUI, a chosen job Python is named too.
     assert jobs_note() == f"\n\nJobs run under `{python}` (`LORA_GRADIO_JOB_PYTHON`)."
+
+
+def test_the_forge_test_environment_holds_forges_own_pins():
+    """tests/forge-requirements.txt (what .venv-forge installs) pins each package as Forge does."""
+    def pins(path):
+        return dict(re.match(r"([A-Za-z0-9_.-]+)==([^\s#;]+)", line.strip()).groups() for line in path.read_text().splitlines() if "==" in line)
+
+    ours, forge = pins(Path(__file__).parent / "forge-requirements.txt"), pins(PINS / "forge.txt")
+    assert {name: forge.get(name) for name in ours} == ours
+    assert {"gradio", "fastapi", "transformers", "diffusers", "peft", "accelerate", "safetensors", "huggingface-hub", "pydantic", "httpx"} <= set(ours)

@@ -1128,7 +1128,7 @@ def validate_cpu(args) -> int:
     from accelerate import Accelerator
     from diffusers import DDPMScheduler
 
-    from benchmarks.train_speed import tokenizer_for_benchmark
+    from benchmarks.train_speed import tokenizers_for_benchmark
     from lora_gradio.engine.train.config import resolved_min_snr_gamma
     from lora_gradio.engine.train.loop import training_step
     from lora_gradio.engine.train.models import BaseModel, ModelSource
@@ -1138,9 +1138,9 @@ def validate_cpu(args) -> int:
     settings = settings_for(resolution=reso, batch=batch, precision="no")
     started = time.perf_counter()
     unet, te, network = build("sd_v1", "LoRA", 16, 8, True, "no", False, device="cpu", replay=False)
-    tokenizer, _ = tokenizer_for_benchmark()
+    tokenizers, _ = tokenizers_for_benchmark("sd_v1")
     scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, clip_sample=False)
-    model = BaseModel(unet, None, te, tokenizer, scheduler, "sd_v1", ModelSource("diffusers", "random", "random SD1.5"))
+    model = BaseModel(unet, None, [te], tokenizers, scheduler, "sd_v1", ModelSource("diffusers", "random", "random SD1.5"))
     accelerator = Accelerator(cpu=True, mixed_precision="no")
     caption = ", ".join(f"tag{i} 1girl solo smile red hair" for i in range(60))
     ignore = model_storages(unet, te, network)
@@ -1243,7 +1243,7 @@ def cuda_grid(args) -> int:
     from accelerate import Accelerator
     from diffusers import DDPMScheduler
 
-    from benchmarks.train_speed import tokenizer_for_benchmark
+    from benchmarks.train_speed import tokenizers_for_benchmark
     from lora_gradio.engine.train import memory
     from lora_gradio.engine.train.latents import encode_batch_size
     from lora_gradio.engine.train.config import resolved_min_snr_gamma
@@ -1261,7 +1261,7 @@ def cuda_grid(args) -> int:
     if not args.smoke:
         print(f"CUDA context at start (in use, not PyTorch's): {(total - free0 - gpu.reserved()) / MiB:.0f} MiB "
               f"(memory.py assumes {memory.CUDA_CONTEXT_BYTES / MiB:.0f} MiB; other processes on this GPU count here too)")
-    tokenizer, tokenizer_name = tokenizer_for_benchmark()
+    tokenizers, tokenizer_name = tokenizers_for_benchmark("sd_v1")
     scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, clip_sample=False)
     caption = ", ".join(f"tag{i} 1girl solo smile red hair" for i in range(60))  # long enough for 225 tokens
     version = args.versions[0]
@@ -1306,7 +1306,7 @@ def cuda_grid(args) -> int:
     for ck in args.checkpointing:
         for lora_type in args.lora_types:
             unet, te, network = build(version, lora_type, 16, 8, True, precision, ck, device=dev, replay=False)
-            model = BaseModel(unet, None, te, tokenizer, scheduler, version, ModelSource("diffusers", "random", "random"))
+            model = BaseModel(unet, None, [te], tokenizers, scheduler, version, ModelSource("diffusers", "random", "random"))
             alphas = scheduler.alphas_cumprod.to(dev)
             weights = _bytes_of(list(unet.parameters()) + list(unet.buffers()) + list(te.parameters()) + list(te.buffers()))
             for optimizer_name in args.optimizers:

@@ -34,6 +34,9 @@ PAGE_PACKAGES = {"tomli-w", "tomli"}
 PAGE_ONLY = {"gradio"}
 # Shared with the jobs' environment, so they must stay the WebUI's builds (binary interfaces).
 SHARED_BINARIES = ("torch", "torchvision", "numpy")
+# Their newest releases turn torch off below 2.6 (A1111 1.10 installs torch 2.1.2) without saying so to
+# pip; asked for with their `torch` extra, pip picks releases whose torch range holds the WebUI's torch.
+TORCH_EXTRA = {"transformers", "diffusers"}
 JOB_ENV = HERE / "job-env"
 JOB_ENV_RECORD = "lora_gradio_job_env.json"  # read by lora_gradio.webui.job_env
 
@@ -171,7 +174,7 @@ def main():
     # The WebUI's pins cannot run the jobs: only what the page needs goes into the WebUI's environment,
     # the jobs get every requirement in their own.
     install_missing([spec for name, spec in wanted if name in PAGE_PACKAGES and not launch.is_installed(name)])
-    specs = [line for name, line in requirement_lines() if name not in PAGE_ONLY]
+    specs = [re.sub(r"^([A-Za-z0-9_.-]+)", r"\1[torch]", line) if name in TORCH_EXTRA else line for name, line in requirement_lines() if name not in PAGE_ONLY]
     if record.is_file() and env_python(JOB_ENV).exists():
         done = json.loads(record.read_text())
         if done.get("ready") and done.get("packages") == specs:

@@ -102,7 +102,9 @@ def test_under_a1111_pins_only_the_page_packages_go_into_the_webui(installer, tm
     assert installer.launch.calls == ['install "tomli-w>=1.0"']  # the page's one missing package; nothing for the jobs
     (env, specs, reasons), = prepared
     assert env == tmp_path / "extension" / "job-env" and reasons[0].startswith("transformers 4.30.2")
-    assert "transformers>=4.40" in specs and "accelerate>=0.30" in specs and "diffusers>=0.30" in specs and not any(s.startswith("gradio") for s in specs)
+    assert "accelerate>=0.30" in specs and not any(s.startswith("gradio") for s in specs)
+    # With their torch extra, so pip picks releases that accept the WebUI's torch (the newest turn torch < 2.6 off).
+    assert "transformers[torch]>=4.40" in specs and "diffusers[torch]>=0.30" in specs
     # A ready environment with the same packages is left alone on the next start.
     env.mkdir(parents=True)
     (env / "bin").mkdir()

@@ -782,11 +782,9 @@ def main(argv: "list[str] | None" = None) -> int:
                     packages = {"torch": {"ok": False, "error": "the probe did not finish: " + result.get("reason", "")}}
             print(f"{part.name}: {result['status']}" + (f" ({result['reason']})" if result.get("reason") else "")
                   + (f" in {result['seconds']:.0f} s" if "seconds" in result else ""), flush=True)
-    report["suite"]["seconds"] = round(time.monotonic() - suite_started, 1)
+            write_report(report, out_dir, suite_started)  # after every part: a run cut short keeps what it measured
     report["suite"]["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    (out_dir / "gpu_suite.json").write_text(json.dumps(report, indent=1, default=str))
-    summary = render_summary(report)
-    (out_dir / "summary.md").write_text(summary)
+    summary = write_report(report, out_dir, suite_started)
     print(summary)
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
@@ -796,6 +794,15 @@ def main(argv: "list[str] | None" = None) -> int:
 
 
 # Summary ------------------------------------------------------------------------------------------
+
+
+def write_report(report: dict, out_dir: Path, suite_started: float) -> str:
+    """gpu_suite.json and summary.md as they stand; returns the summary."""
+    report["suite"]["seconds"] = round(time.monotonic() - suite_started, 1)
+    (out_dir / "gpu_suite.json").write_text(json.dumps(report, indent=1, default=str))
+    summary = render_summary(report)
+    (out_dir / "summary.md").write_text(summary)
+    return summary
 
 
 def _fmt(value: Any, spec: str = "", suffix: str = "") -> str:

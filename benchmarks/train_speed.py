@@ -5,6 +5,7 @@
     python benchmarks/train_speed.py --family sdxl         # GPU: SDXL at 1024 px, batch 1 (--batch 4: the XL notebook's)
     python benchmarks/train_speed.py --resolution 256 --batch 1 --steps 2   # what a CPU can show
     python benchmarks/train_speed.py --family sdxl --resolution 512 --batch 1 --steps 1   # SDXL's per-step cost on a CPU
+    python benchmarks/train_speed.py --tiny-loop           # the training loop's own cost per step (benchmarks/loop_overhead.py)
 
 The UNet and text encoder(s) are built from the configs the package ships, with random weights
 (nothing is downloaded), and trained with the guides' defaults: SD1.5 LoRA 16/8 with min-SNR 5 and
@@ -198,6 +199,10 @@ class BenchmarkStep:
 
 
 def main() -> int:
+    if "--tiny-loop" in sys.argv:  # whole training runs on a negligible model: the loop's host work per step
+        from loop_overhead import main as loop_overhead_main
+
+        return loop_overhead_main([arg for arg in sys.argv[1:] if arg != "--tiny-loop"])
     import torch
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

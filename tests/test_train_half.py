@@ -30,7 +30,7 @@ class Recorder(Progress):
 def _watch_dtypes(monkeypatch):
     """Wrap the loop's training step to record what each step really ran in."""
     seen = []
-    real_step = loop.training_step
+    real_step = loop.forward_backward
 
     def step(accelerator, model, network, latents, *args, **kwargs):
         import torch
@@ -48,7 +48,7 @@ def _watch_dtypes(monkeypatch):
         seen[-1]["grads"] = grads
         return loss
 
-    monkeypatch.setattr(loop, "training_step", step)
+    monkeypatch.setattr(loop, "forward_backward", step)
     return seen
 
 
@@ -124,3 +124,13 @@ def test_sdxl_trains_in_full_bf16_on_the_cpu(tmp_path, tiny_sdxl_dir, monkeypatc
     result = loop.train_project(project, progress=progress)
     assert result.steps == 1 and seen[0]["unet"] == torch.bfloat16 and seen[0]["network"] == seen[0]["grads"] == {torch.bfloat16}
     assert all(loss == loss for loss in progress.losses) and (project.output_dir / "xl_char-01.safetensors").is_file()
+
+
+def test_a_second_run_in_the_same_process_may_choose_another_precision(tmp_path, tiny_model):
+    """A notebook runs train_project in one process: Accelerate's one-precision-per-process state must not stop the second run."""
+    first = make_project(tmp_path / "a", tiny_model, extra=["mixed_precision=no", "how_many=1"])
+    second = make_project(tmp_path / "b", tiny_model, extra=["mixed_precision=bf16", "how_many=1"])
+    assert loop.train_project(first).steps == 2
+    progress = Recorder()
+    assert loop.train_project(second, progress=progress).steps == 2
+    assert any("on cpu (bf16)" in line for line in progress.lines)

@@ -129,15 +129,56 @@ def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(tmp_path, tiny
     import torch
 
     assert set(resumed) == set(expected)
-    assert all(torch.allclose(resumed[k].float(), expected[k].float(), atol=1e-3) for k in expected)
+    assert all(torch.equal(resumed[k], expected[k]) for k in expected)  # bit-identical
     assert loop.read_state_info(project) is None  # finished: nothing left to resume
 
 
 def test_nan_loss_stops_with_advice(tmp_path, tiny_model, monkeypatch):
     project = make_project(tmp_path / "Loras", tiny_model)
-    monkeypatch.setattr(loop, "training_step", lambda *a, **k: float("nan"))
+    import torch
+
+    monkeypatch.setattr(loop, "forward_backward", lambda *a, **k: torch.tensor(float("nan")))
     with pytest.raises(UserError, match="Lower unet_lr"):
         loop.train_project(project)
+
+
+def test_a_gpu_reads_the_losses_every_few_steps_and_still_catches_the_first_bad_one(tmp_path, tiny_model, monkeypatch):
+    """Reading a loss waits for the GPU, so a GPU run reads them in groups; each epoch's are read before it is saved."""
+    import torch
+
+    from lora_gradio.engine.train import feed
+
+    monkeypatch.setattr(feed, "loss_read_interval", lambda device: 3)
+    project = make_project(tmp_path / "Loras", tiny_model, extra=["how_many=3"])  # 2 steps an epoch, 6 in all
+
+    class Seen(Progress):
+        def __init__(self):
+            self.steps, self.with_loss = [], []
+
+        def update(self, done, total=None, message="", **data):
+            if data.get("epoch") is not None:
+                self.steps.append(done)
+                if "loss" in data:
+                    self.with_loss.append(done)
+
+    seen = Seen()
+    loop.train_project(project, progress=seen)
+    assert seen.steps == [1, 2, 3, 4, 5, 6]
+    assert seen.with_loss == [2, 4, 6]  # at each epoch's end (the 3-step group never fills inside a 2-step epoch)
+
+    real = loop.forward_backward
+    calls = []
+
+    def diverges_at_step_3(*args, **kwargs):
+        loss = real(*args, **kwargs)
+        calls.append(1)
+        return loss * float("nan") if len(calls) == 3 else loss
+
+    monkeypatch.setattr(loop, "forward_backward", diverges_at_step_3)
+    with pytest.raises(UserError, match="at step 3"):
+        loop.train_project(project)
+    assert len(calls) == 4  # found when epoch 2 ended, before its file was written
+    assert not (project.output_dir / "tiny_char-02.safetensors").exists()
 
 
 def test_keep_only_last_epochs_moves_older_ones_to_the_trash(tmp_path, tiny_model):

@@ -4,7 +4,8 @@ The two differ in their text encoders, how the UNet is conditioned, the LoRA's m
 metadata, the defaults and the memory they need. The training loop, sampling, compare, saving and the
 checks ask `model.family` (or `family_named(key)`) instead of branching on the model:
 
-- `encode(model, captions, max_token_length, clip_skip, device)` -> `Conditioning` (states, pooled);
+- `tokenize(model, captions, max_token_length)` -> token ids per text encoder (the host's part, done ahead);
+- `encode(model, captions, max_token_length, clip_skip, device, token_ids=...)` -> `Conditioning` (states, pooled);
 - `unet_kwargs(conditioning, size_ids)` -> the extra arguments of the UNet call;
 - `size_ids(pairs)` -> SDXL's size conditioning per image (None for SD 1.x);
 - `network_text_encoders(model)` and `lora_unet_name(model)` -> what the LoRA wraps and how it is named;
@@ -35,9 +36,14 @@ class Conditioning:
     hidden: "torch.Tensor"
     pooled: "Optional[torch.Tensor]" = None
 
-    def to(self, device: Any = None, dtype: Any = None) -> "Conditioning":
-        pooled = self.pooled.to(device=device, dtype=dtype) if self.pooled is not None else None
-        return Conditioning(self.hidden.to(device=device, dtype=dtype), pooled)
+    def to(self, device: Any = None, dtype: Any = None, non_blocking: bool = False) -> "Conditioning":
+        """Moved/cast; `non_blocking` only for copies from the CPU to the GPU (a copy back must be waited for)."""
+        pooled = self.pooled.to(device=device, dtype=dtype, non_blocking=non_blocking) if self.pooled is not None else None
+        return Conditioning(self.hidden.to(device=device, dtype=dtype, non_blocking=non_blocking), pooled)
+
+    def pin(self) -> "Conditioning":
+        """In page-locked memory, so that its copy to the GPU needs no synchronisation."""
+        return Conditioning(self.hidden.pin_memory(), self.pooled.pin_memory() if self.pooled is not None else None)
 
     def rows(self) -> List["Conditioning"]:
         """One Conditioning per batch row (for caching per caption)."""
@@ -74,11 +80,20 @@ class ModelFamily:
         """(kohya prefix, encoder) for each text encoder the LoRA can train."""
         return [("lora_te", model.text_encoders[0])]
 
+    def tokenize(self, model: Any, captions: Sequence[str], max_token_length: int) -> Tuple["torch.Tensor", ...]:
+        """Token ids [B, chunks, 77] for each text encoder: the host's half of `encode`, done ahead of the step."""
+        from lora_gradio.engine.train.prompts import tokenize_prompts
+
+        return tuple(tokenize_prompts(tokenizer, captions, max_token_length) for tokenizer in model.tokenizers)
+
     def encode(self, model: Any, captions: Sequence[str], max_token_length: int, clip_skip: int, device: Any,
-               weighted: bool = False) -> Conditioning:
-        from lora_gradio.engine.train.prompts import encode_prompts
+               weighted: bool = False, token_ids: "Optional[Tuple[torch.Tensor, ...]]" = None) -> Conditioning:
+        """The text encoders' conditioning; `token_ids` from `tokenize` when the captions were tokenized already."""
+        from lora_gradio.engine.train.prompts import encode_prompts, encode_token_ids
         from lora_gradio.engine.train.weighting import encode_weighted_prompts
 
+        if token_ids is not None and not weighted:
+            return Conditioning(encode_token_ids(model.text_encoders[0], token_ids[0], max_token_length, clip_skip, device))
         encode = encode_weighted_prompts if weighted else encode_prompts
         return Conditioning(encode(model.tokenizers[0], model.text_encoders[0], captions, max_token_length, clip_skip, device=device))
 
@@ -126,12 +141,12 @@ class StableDiffusionXL(ModelFamily):
         return [("lora_te1", model.text_encoders[0]), ("lora_te2", model.text_encoders[1])]
 
     def encode(self, model: Any, captions: Sequence[str], max_token_length: int, clip_skip: int, device: Any,
-               weighted: bool = False) -> Conditioning:
+               weighted: bool = False, token_ids: "Optional[Tuple[torch.Tensor, ...]]" = None) -> Conditioning:
         from lora_gradio.engine.train.prompts import encode_sdxl_prompts
 
         if weighted:
             raise UserError("weighted_captions works with SD 1.x models only for now: turn it off for an SDXL base.")
-        hidden, pooled = encode_sdxl_prompts(model.tokenizers, model.text_encoders, captions, max_token_length, device=device)
+        hidden, pooled = encode_sdxl_prompts(model.tokenizers, model.text_encoders, captions, max_token_length, device=device, token_ids=token_ids)
         return Conditioning(hidden, pooled)
 
     def size_ids(self, pairs: Sequence[Tuple["ImageItem", bool]]) -> "torch.Tensor":
@@ -154,7 +169,7 @@ class StableDiffusionXL(ModelFamily):
 
     def unet_kwargs(self, conditioning: Conditioning, size_ids: "Optional[torch.Tensor]") -> Dict[str, Any]:
         pooled = conditioning.pooled
-        return {"added_cond_kwargs": {"text_embeds": pooled, "time_ids": size_ids.to(pooled.device, pooled.dtype)}}
+        return {"added_cond_kwargs": {"text_embeds": pooled, "time_ids": size_ids.to(pooled.device, pooled.dtype, non_blocking=True)}}
 
     def lora_unet_name(self, model: Any) -> Callable[[str], str]:
         from lora_gradio.engine.train.sai_layout import lora_unet_name

@@ -27,6 +27,9 @@ CACHE_FORMAT_VERSION = 1  # bump when the meaning of a cached latent file change
 # 4 images at 512 px, 2.51 GB for 1 at 1024 px). A batch holds at most this many pixels, so caching
 # never needs more memory than 4 images at 512 px, whatever the resolution.
 ENCODE_PIXELS = 4 * 512 * 512
+# Latents kept on the GPU for the run when they take at most this much (SD 1.5 at 512 px: 64 KiB each, so
+# 4096 latents; SDXL at 1024 px: 1024); larger datasets stay in host memory and are copied per batch.
+DEVICE_CACHE_BYTES = 256 * 2**20
 
 
 def encode_batch_size(width: int, height: int, most: int = 4) -> int:
@@ -91,7 +94,7 @@ class LatentCache:
         self.seed = seed
         config_factor = getattr(getattr(vae, "config", None), "scaling_factor", None)
         self.scaling_factor = float(scaling_factor or config_factor or DEFAULT_SCALING_FACTOR)
-        self._memory: dict[str, "torch.Tensor"] = {}  # key -> scaled latents (CPU, float32)
+        self._memory: dict[str, "torch.Tensor"] = {}  # key -> scaled latents (float32; CPU until `move_to`)
         self._keys: dict[tuple[Path, tuple[int, int], bool], str] = {}
         self.encoded = 0  # entries encoded by the VAE in this session
         self.loaded = 0  # entries read back from disk
@@ -293,11 +296,22 @@ class LatentCache:
     # Reading ------------------------------------------------------------------------------------
 
     def get(self, item: ImageItem, flip: bool = False) -> "torch.Tensor":
-        """Scaled latents [4, h/8, w/8] (CPU, float32) of a cached (item, flip)."""
+        """Scaled latents [4, h/8, w/8] (float32; on the CPU, or where `move_to` put them) of a cached (item, flip)."""
         key = self._keys.get((item.path, item.bucket, bool(flip)))
         if key is None or key not in self._memory:
             raise KeyError(f"no cached latents for {item.path.name} (flip={flip}); call cache() first")
         return self._memory[key]
+
+    def move_to(self, device: Any) -> bool:
+        """Keep the cached latents on `device` for the steps, if they fit DEVICE_CACHE_BYTES: a batch is then
+        gathered there, with no copy from the host per step. True when they moved (or are there)."""
+        if getattr(device, "type", str(device)) == "cpu":
+            return True
+        size = sum(t.numel() * t.element_size() for t in self._memory.values())
+        if size > DEVICE_CACHE_BYTES:
+            return False
+        self._memory = {key: latent.to(device) for key, latent in self._memory.items()}
+        return True
 
     def batch(self, pairs: Sequence[tuple[ImageItem, bool]]) -> "torch.Tensor":
         """Stacked scaled latents [B, 4, h/8, w/8] for one batch from `epoch_batches`."""

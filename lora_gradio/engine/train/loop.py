@@ -303,6 +303,18 @@ def _mixed_precision(settings: cfg.TrainSettings, on_cuda: bool) -> tuple[str, b
     return chosen.replace("full_", ""), chosen.startswith("full_")
 
 
+def _fresh_accelerator(precision: str, on_cuda: bool) -> Any:
+    """An Accelerator with this run's precision. Accelerate keeps one precision per process and refuses another,
+    so a second run in the same process (a notebook cell) would fail: its per-run state is cleared first. The
+    process state (which GPU, the distributed group of `accelerate launch`) is kept."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+    return Accelerator(mixed_precision=precision, cpu=not on_cuda)
+
+
 def _allow_fp16_gradients(accelerator: Any) -> None:
     """Full fp16 keeps the LoRA's gradients in fp16, which torch's GradScaler refuses to unscale by
     default; unscaling them in place is what "full fp16" training means (kohya patches it the same way)."""
@@ -316,11 +328,11 @@ def _allow_fp16_gradients(accelerator: Any) -> None:
 def _run(project: Project, settings: cfg.TrainSettings, dataset: Any, plan: StepPlan, output_name: str, resume: bool, progress: Progress,
          save_settings: bool = False) -> TrainResult:
     import torch
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     from lora_gradio.engine.train import data as data_mod
     from lora_gradio.engine.train.data import process_caption
+    from lora_gradio.engine.train.feed import BatchFeed, LossReader, batch_preparer, loss_read_interval
     from lora_gradio.engine.train.latents import LatentCache
     from lora_gradio.engine.train.models import load_base_model, resolve_source
     from lora_gradio.engine.train.network import create_network
@@ -330,7 +342,7 @@ def _run(project: Project, settings: cfg.TrainSettings, dataset: Any, plan: Step
     quiet_ml_libraries()
     on_cuda = torch.cuda.is_available()
     precision, full_half = _mixed_precision(settings, on_cuda)
-    accelerator = Accelerator(mixed_precision=precision, cpu=not on_cuda)
+    accelerator = _fresh_accelerator(precision, on_cuda)
     if full_half and precision == "fp16":
         _allow_fp16_gradients(accelerator)
     device = accelerator.device
@@ -436,48 +448,55 @@ def _run(project: Project, settings: cfg.TrainSettings, dataset: Any, plan: Step
     result = TrainResult(output_name, total_epochs=plan.epochs)
     rng = random.Random(settings.seed)
     shuffle = settings.shuffle_tags and text_cache is None  # cached captions are encoded as written
+    cache.move_to(device)  # gathered where the step runs: no copy of the latents per step
+    prepare = batch_preparer(model, settings, rng, shuffle, text_cache, pin=device.type == "cuda")
+    trainable = [p for p in network.parameters() if p.requires_grad]
+    losses = LossReader(loss_read_interval(device))
     window: list[float] = []
-    tick = time.monotonic()
+    tick, tick_step = time.monotonic(), global_step
     progress.log(f"training {plan.epochs} epochs x {steps_per_epoch} steps on {device} ({precision}); {raw_network.describe()}")
+
+    def report(step: int, epoch: int, epoch_end: bool) -> None:
+        """Progress for this step; the loss (and speed) when the losses are read: every few steps on a GPU, and
+        at the end of each epoch, so that every loss is checked before anything of the epoch is saved."""
+        nonlocal tick, tick_step
+        data = dict(epoch=epoch + 1, **_learning_rates(optimizer))
+        if losses.due() or epoch_end:
+            window.extend(value for _, value in losses.read())
+            del window[:-50]
+            now = time.monotonic()
+            data.update(loss=round(sum(window) / len(window), 5), it_per_s=round((step - tick_step) / max(now - tick, 1e-9), 3))
+            tick, tick_step = now, step
+        progress.update(step, total_steps, f"epoch {epoch + 1}/{plan.epochs}", **data)
 
     for epoch in range(first_epoch, plan.epochs):
         batches = _shard(data_mod.epoch_batches(dataset, settings.train_batch_size, epoch, settings.seed), accelerator)
         rng.seed(settings.seed * 100003 + epoch)
         network.train()
-        for index, batch in enumerate(batches):
-            if epoch == first_epoch and index < skip_batches:
-                for item, _ in batch:  # replay the caption shuffles so a resumed run matches an uninterrupted one
-                    process_caption(item.caption_text, item.keep_tokens, shuffle, rng)
-                continue
-            try:
-                progress.check_cancel()
-            except Cancelled:
-                if main:
-                    _save_state(project, settings, raw_network, optimizer, lr_scheduler, epoch, index, global_step, started_at)
-                progress.log(f"stopped at epoch {epoch + 1}, step {global_step}: `lora-gradio train {project.base} --resume` continues from here")
-                raise
-            captions = [process_caption(item.caption_text, item.keep_tokens, shuffle, rng) for item, _ in batch]
-            is_reg = [item.is_reg for item, _ in batch]
-            conditioning = text_cache.batch(captions) if text_cache is not None else None
-            loss = training_step(accelerator, model, network, cache.batch(batch), captions, is_reg, settings, gamma, alphas_cumprod, weight_dtype, train_te,
-                                 size_ids=family.size_ids(batch), conditioning=conditioning)
-            if not math.isfinite(loss):
-                raise UserError(
-                    f"The loss became {loss} at step {global_step + 1}: the run diverged. Lower unet_lr (e.g. 1e-4) and text_encoder_lr, "
-                    "use mixed_precision=bf16 if the GPU has it, or set noise_offset to 0. Epochs saved so far are kept."
-                )
-            optimizer.step()
-            lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            global_step += 1
-            window = (window + [loss])[-50:]
-            now = time.monotonic()
-            progress.update(
-                global_step, total_steps, f"epoch {epoch + 1}/{plan.epochs}",
-                epoch=epoch + 1, loss=round(sum(window) / len(window), 5), **_learning_rates(optimizer),
-                it_per_s=round(1 / max(now - tick, 1e-9), 3),
-            )
-            tick = now
+        position = skip_batches if epoch == first_epoch else 0  # the epoch's next batch
+        for batch in batches[:position]:  # replay the caption shuffles so a resumed run matches an uninterrupted one
+            for item, _ in batch:
+                process_caption(item.caption_text, item.keep_tokens, shuffle, rng)
+        with BatchFeed(prepare) as feed:
+            for prepared in feed.batches(batches[position:]):
+                try:
+                    progress.check_cancel()
+                except Cancelled:
+                    losses.read()  # a diverged run is not saved for resuming
+                    if main:
+                        _save_state(project, settings, raw_network, optimizer, lr_scheduler, epoch, position, global_step, started_at)
+                    progress.log(f"stopped at epoch {epoch + 1}, step {global_step}: `lora-gradio train {project.base} --resume` continues from here")
+                    raise
+                loss = forward_backward(accelerator, model, network, cache.batch(prepared.pairs), prepared.captions, prepared.is_reg, settings, gamma,
+                                        alphas_cumprod, weight_dtype, train_te, size_ids=prepared.size_ids, conditioning=prepared.conditioning,
+                                        token_ids=prepared.token_ids, trainable=trainable)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                global_step += 1
+                position += 1
+                losses.add(global_step, loss)
+                report(global_step, epoch, epoch_end=position == len(batches))
         epoch_done = epoch + 1
         result.epochs_done = epoch_done
         if not main:
@@ -557,14 +576,21 @@ class _SilentButCancellable(Progress):
         return self.inner.cancelled()
 
 
-def training_step(accelerator, model, network, latents, captions, is_reg, settings, gamma, alphas_cumprod, weight_dtype, train_te,
-                  size_ids=None, conditioning=None) -> float:
-    """One optimisation step's forward and backward on cached latents; returns the loss.
+def training_step(*args, **kwargs) -> float:
+    """`forward_backward` with its loss read at once (the benchmarks' step, which times each step anyway)."""
+    return float(forward_backward(*args, **kwargs))
+
+
+def forward_backward(accelerator, model, network, latents, captions, is_reg, settings, gamma, alphas_cumprod, weight_dtype, train_te,
+                     size_ids=None, conditioning=None, token_ids=None, trainable=None) -> Any:
+    """One optimisation step's forward and backward on cached latents; returns the loss, still on the device.
 
     Noise (plus noise_offset and multires noise), uniform timesteps, input perturbation (ip_noise_gamma),
     the family's conditioning (SDXL: pooled text and size ids), epsilon or v target, per-sample MSE,
     prior-loss weight for regularization images, min-SNR and v-pred loss scaling, then the batch mean.
-    `conditioning` is the text encoders' cached output, when they are not run. The benchmark calls this too.
+    `conditioning` is the text encoders' cached output, when they are not run; `token_ids` the captions'
+    ids when they were tokenized ahead; `trainable` the network's trained parameters (found once per run).
+    Nothing here waits for the GPU: inputs from the host arrive pinned and are copied without blocking.
     """
     import contextlib
 
@@ -574,12 +600,13 @@ def training_step(accelerator, model, network, latents, captions, is_reg, settin
     from lora_gradio.engine.train.noise import loss_weights, training_noise
 
     device = accelerator.device
-    latents = latents.to(device, dtype=weight_dtype)
+    latents = latents.to(device, dtype=weight_dtype, non_blocking=True)
     with accelerator.autocast():
         if conditioning is None:
             with contextlib.nullcontext() if train_te else torch.no_grad():
-                conditioning = model.family.encode(model, captions, settings.max_token_length, settings.clip_skip, device, settings.weighted_captions)
-        conditioning = conditioning.to(device, weight_dtype)
+                conditioning = model.family.encode(model, captions, settings.max_token_length, settings.clip_skip, device, settings.weighted_captions,
+                                                   token_ids=token_ids)
+        conditioning = conditioning.to(device, weight_dtype, non_blocking=True)
         noise = training_noise(latents, settings.noise_offset, settings.multires_noise_iterations, settings.multires_noise_discount)
         timesteps = torch.randint(0, model.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=device).long()
         model_input = noise + settings.ip_noise_gamma * torch.randn_like(latents) if settings.ip_noise_gamma else noise
@@ -588,15 +615,16 @@ def training_step(accelerator, model, network, latents, captions, is_reg, settin
         prediction = model.unet(noisy, timesteps, conditioning.hidden, **extra).sample
     target = model.noise_scheduler.get_velocity(latents, noise, timesteps) if model.v_parameterization else noise
     loss = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=[1, 2, 3])
-    loss = loss * torch.tensor([settings.prior_loss_weight if reg else 1.0 for reg in is_reg], device=device)
+    if any(is_reg):  # a weight of 1.0 changes nothing: only batches with regularization images copy weights over
+        loss = loss * torch.tensor([settings.prior_loss_weight if reg else 1.0 for reg in is_reg]).to(device, non_blocking=True)
     weights = loss_weights(alphas_cumprod, timesteps, model.v_parameterization, gamma, settings.scale_v_pred_loss)
     if weights is not None:
         loss = loss * weights
     loss = loss.mean()
     accelerator.backward(loss)
     if accelerator.sync_gradients:
-        accelerator.clip_grad_norm_([p for p in network.parameters() if p.requires_grad], 1.0)
-    return float(loss.detach())
+        accelerator.clip_grad_norm_(trainable if trainable is not None else [p for p in network.parameters() if p.requires_grad], 1.0)
+    return loss.detach()
 
 
 def _should_save(epoch: int, total: int, every: int) -> bool:

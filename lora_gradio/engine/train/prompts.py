@@ -85,7 +85,7 @@ def encode_token_ids(text_encoder: Any, ids: "torch.Tensor", max_token_length: i
     batch, n_chunks, length = ids.shape
     if device is None:
         device = next(text_encoder.parameters()).device
-    flat = ids.reshape(batch * n_chunks, length).to(device)
+    flat = ids.reshape(batch * n_chunks, length).to(device, non_blocking=True)  # pinned ids copy without a sync
     if clip_skip == 1:
         states = text_encoder(flat, return_dict=True).last_hidden_state
     else:
@@ -116,6 +116,7 @@ def encode_sdxl_prompts(
     captions: Sequence[str],
     max_token_length: int = 225,
     device: "str | torch.device | None" = None,
+    token_ids: "Sequence[torch.Tensor] | None" = None,
 ) -> "tuple[torch.Tensor, torch.Tensor]":
     """SDXL's conditioning as kohya's sdxl_train_util computes it: (states [B, max_token_length + 2,
     dim1 + dim2], pooled [B, projection_dim]).
@@ -123,18 +124,19 @@ def encode_sdxl_prompts(
     Both encoders give their penultimate hidden states without the final layer norm (clip skip is
     not a setting for SDXL), joined over 75-token chunks like SD 1.x and concatenated on the last axis.
     The pooled vector is the bigG encoder's final-normed state at the first EOS of the first chunk,
-    through its text projection.
+    through its text projection. `token_ids`: both tokenizers' ids, when the captions were tokenized already.
     """
     import torch
 
     (tokenizer1, tokenizer2), (encoder1, encoder2) = tokenizers, text_encoders
     if device is None:
         device = next(encoder1.parameters()).device
-    ids1 = tokenize_prompts(tokenizer1, captions, max_token_length)
-    ids2 = tokenize_prompts(tokenizer2, captions, max_token_length)
+    if token_ids is None:
+        token_ids = [tokenize_prompts(tokenizer, captions, max_token_length) for tokenizer in (tokenizer1, tokenizer2)]
+    ids1, ids2 = token_ids
     batch, _, length = ids1.shape
-    flat1 = ids1.reshape(-1, length).to(device)
-    flat2 = ids2.reshape(-1, length).to(device)
+    flat1 = ids1.reshape(-1, length).to(device, non_blocking=True)
+    flat2 = ids2.reshape(-1, length).to(device, non_blocking=True)
     states1 = encoder1(flat1, output_hidden_states=True, return_dict=True).hidden_states[-2]
     out2 = encoder2(flat2, output_hidden_states=True, return_dict=True)
     states2 = out2.hidden_states[-2]

@@ -130,6 +130,10 @@ def prepare_job_env(env: Path, specs, reasons, run=subprocess.run) -> Path:
     touching this (the WebUI's) environment; return its Python. It sees the WebUI's packages after its
     own, so torch is borrowed, and pip keeps torch and numpy at the WebUI's versions."""
     python = env_python(env)
+    # Not ready until pip has finished: a failure on the way (no ensurepip, no network) is named on the tab.
+    record = {"python": str(python), "reasons": list(reasons), "packages": list(specs), "ready": False}
+    env.mkdir(parents=True, exist_ok=True)
+    (env / JOB_ENV_RECORD).write_text(json.dumps(record, indent=1) + "\n")
     if not python.exists():
         run([sys.executable, "-m", "venv", str(env)], check=True)
     site = run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], check=True, capture_output=True, text=True).stdout.strip()
@@ -138,8 +142,6 @@ def prepare_job_env(env: Path, specs, reasons, run=subprocess.run) -> Path:
     (Path(site) / "lora_gradio_webui_packages.pth").write_text("".join(f"import site; site.addsitedir({path!r})\n" for path in webui_sites))
     constraints = env / "webui-pins.txt"
     write_pins(SHARED_BINARIES, constraints)
-    record = {"python": str(python), "reasons": list(reasons), "packages": list(specs), "ready": False}
-    (env / JOB_ENV_RECORD).write_text(json.dumps(record, indent=1) + "\n")
     # pip leaves the WebUI's copies alone: they lie outside this environment ("Not uninstalling ... outside environment").
     run([str(python), "-m", "pip", "install", "--disable-pip-version-check", *specs, "-c", str(constraints)], check=True)
     record["ready"] = True

@@ -132,6 +132,10 @@ def test_the_jobs_environment_borrows_the_webuis_torch_and_pins_it(installer, tm
         return subprocess.run(cmd, **kwargs)
 
     env = tmp_path / "job-env"
+    # A failure on the way leaves a record that is not ready (the tab says so).
+    with pytest.raises(subprocess.CalledProcessError):
+        installer.prepare_job_env(env, ["x"], ["transformers 4.30.2 (the jobs need >=4.40)"], run=lambda cmd, **kw: subprocess.run(["false"], check=True))
+    assert json.loads((env / "lora_gradio_job_env.json").read_text())["ready"] is False
     python = installer.prepare_job_env(env, ["transformers>=4.40", "accelerate>=0.30"], ["transformers 4.30.2 (the jobs need >=4.40)"], run=run)
     assert python == env / "bin" / "python"
     pip = commands[-1]

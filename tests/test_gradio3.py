@@ -3,7 +3,7 @@ environment with that WebUI's pins (the page itself is driven in test_browser)."
 
 import pytest
 
-from tests.appserver import FORGE_PYTHON, GRADIO3_PYTHON, REPO, run_under
+from tests.appserver import FORGE_PYTHON, GRADIO3_PYTHON, run_under
 
 WEBUI_GRADIOS = [
     pytest.param(GRADIO3_PYTHON, "3.41.2", id="gradio-3.41.2", marks=pytest.mark.gradio3),
@@ -37,26 +37,3 @@ def test_ui_builds_under_the_webuis_gradio(tmp_path, python, version):
         assert ticks == [] and result["timers"] >= 4
     for elem_id in ("lg-project", "lg-create-project", "lg-job-panel", "lg-upload", "lg-counts", "lg-tab-train", "lg-tab-test"):
         assert elem_id in result["ids"]
-
-
-@pytest.mark.forge
-def test_forge_shows_the_tab_and_axes(tmp_path):
-    """What Forge does with the extension: run the script, then build the tab (AUTOMATIC1111's own
-    Gradio does the same in test_webui_glue)."""
-    script = str(REPO / "scripts" / "lora_gradio_tab.py")
-    code = (
-        "import json, runpy, gradio\n"
-        "from tests import webui_standin\n"
-        f"w = webui_standin.install_into_sys_modules(lora_dir={str(tmp_path / 'Lora')!r})\n"
-        f"runpy.run_path({script!r})\n"
-        "[add() for add in w.callbacks.settings]\n"
-        f"w.shared.opts.lora_gradio_root = {str(tmp_path / 'Loras')!r}\n"
-        "(blocks, title, elem_id), = w.callbacks.tabs[0]()\n"
-        "ids = [b.elem_id for b in blocks.blocks.values() if getattr(b, 'elem_id', None)]\n"
-        "labels = [o.label for o in w.xyz.axis_options]\n"
-        "print(json.dumps({'gradio': gradio.__version__, 'title': title, 'ids': ids, 'labels': labels}))\n"
-    )
-    result = run_under(FORGE_PYTHON, code, what="Forge's")
-    assert result["gradio"] == "4.40.0" and result["title"] == "LoRA Gradio"
-    assert "lg-train-unload" in result["ids"] and "lg-tab-train" in result["ids"]
-    assert result["labels"][-2:] == ["LoRA epoch", "LoRA weight"]

@@ -17,7 +17,7 @@ from lora_gradio.engine.errors import UserError
 from lora_gradio.engine.project import Projects
 from lora_gradio.webui import xyz
 from tests import webui_standin
-from tests.appserver import REPO, run_under_gradio3
+from tests.appserver import FORGE_PYTHON, GRADIO3_PYTHON, REPO, run_under
 
 SCRIPT = str(REPO / "scripts" / "lora_gradio_tab.py")
 
@@ -331,8 +331,12 @@ def test_installer_adds_only_what_is_missing_and_never_webui_pins(monkeypatch):
 
 
 # ----- the WebUI's Gradio -----
-@pytest.mark.gradio3
-def test_tab_and_axes_under_gradio_3_41_2(tmp_path):
+@pytest.mark.parametrize("python, gradio_version", [
+    pytest.param(GRADIO3_PYTHON, "3.41.2", id="a1111-gradio-3.41.2", marks=pytest.mark.gradio3),
+    pytest.param(FORGE_PYTHON, "4.40.0", id="forge-gradio-4.40.0", marks=pytest.mark.forge),
+])
+def test_the_webui_shows_the_tab_and_axes(tmp_path, python, gradio_version):
+    """What the WebUI (and Forge) do with the extension: run the script, then build the tab, in their Gradio."""
     code = (
         "import json, runpy, gradio\n"
         "from tests import webui_standin\n"
@@ -345,7 +349,7 @@ def test_tab_and_axes_under_gradio_3_41_2(tmp_path):
         "labels = [o.label for o in w.xyz.axis_options]\n"
         "print(json.dumps({'gradio': gradio.__version__, 'title': title, 'ids': ids, 'labels': labels}))\n"
     )
-    result = run_under_gradio3(code)
-    assert result["gradio"] == "3.41.2" and result["title"] == "LoRA Gradio"
+    result = run_under(python, code, what=f"Gradio {gradio_version}")
+    assert result["gradio"] == gradio_version and result["title"] == "LoRA Gradio"
     assert "lg-train-unload" in result["ids"] and "lg-tab-train" in result["ids"]
     assert result["labels"][-2:] == ["LoRA epoch", "LoRA weight"]

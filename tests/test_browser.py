@@ -525,6 +525,7 @@ def test_the_whole_guide_through_the_page(app, browser, tmp_path, tiny_model):
     run_job("#lg-compare-run", "Compare epochs")
     page.wait_for_selector("#lg-compare-grid img", timeout=20_000)
     assert len(list((project.output_dir / "compare").glob("walk-grid-*.png"))) == 1
+    page.screenshot(path=str(ARTIFACTS / f"walk-compared-{app.label}.png"), full_page=True)
     page.close()
 
 

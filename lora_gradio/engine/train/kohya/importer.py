@@ -145,19 +145,25 @@ class _Importer(TrainingFileReader, DatasetFileReader):
         elif value == 0:
             ratio = 0.0
         else:
-            steps = int(value)
             total, why = self._total_steps(settings)
-            if total is None:
-                self.notes.append(f"lr_warmup_steps = {steps} could not become lr_warmup_ratio ({why}): lr_warmup_ratio stays {settings.lr_warmup_ratio}.")
+            ratio = self._warmup_ratio(f"lr_warmup_steps = {int(value)}", int(value), total, why, settings)
+            if ratio is None:
                 return settings
-            ratio = warmup_ratio_for(steps, total, settings.lr_warmup_ratio)
-            if ratio > 0.5:
-                self.notes.append(f"lr_warmup_steps = {steps} is more than half of the {total} steps: lr_warmup_ratio is capped at 0.5.")
-                ratio = 0.5
-            else:
-                self.notes.append(f"lr_warmup_steps = {steps} of {total} steps: lr_warmup_ratio = {ratio:g}.")
         self.put("lr_warmup_ratio", ratio, a, "lr_warmup_steps")
         return self._validated()
+
+    def _warmup_ratio(self, label: str, steps: int, total: "int | None", why: str, settings: cfg.TrainSettings) -> "float | None":
+        """kohya's warmup in steps as this tool's lr_warmup_ratio of `total` steps (capped at 0.5), with a note
+        saying what became of it; None when the run's steps are unknown (the ratio then stays)."""
+        if total is None:
+            self.notes.append(f"{label} could not become lr_warmup_ratio ({why}): lr_warmup_ratio stays {settings.lr_warmup_ratio}.")
+            return None
+        ratio = warmup_ratio_for(steps, total, settings.lr_warmup_ratio)
+        if ratio > 0.5:
+            self.notes.append(f"{label} is more than half of the {total} steps: lr_warmup_ratio is capped at 0.5.")
+            return 0.5
+        self.notes.append(f"{label} of {total} steps: lr_warmup_ratio = {ratio:g}.")
+        return ratio
 
     def _rex_warmup(self, settings: cfg.TrainSettings) -> cfg.TrainSettings:
         """The REX class's warmup_steps (kohya refuses lr_warmup_steps beside lr_scheduler_type) as lr_warmup_ratio:
@@ -179,16 +185,10 @@ class _Importer(TrainingFileReader, DatasetFileReader):
         span = cycle or total
         if not warmup:
             self.data["lr_warmup_ratio"] = 0.0
-        elif span is None:
-            self.notes.append(f"lr_scheduler_args warmup_steps={warmup} could not become lr_warmup_ratio ({why}): lr_warmup_ratio stays {settings.lr_warmup_ratio}.")
         else:
-            ratio = warmup_ratio_for(warmup, span, settings.lr_warmup_ratio)
-            if ratio > 0.5:
-                self.notes.append(f"lr_scheduler_args warmup_steps={warmup} is more than half of the {span} steps: lr_warmup_ratio is capped at 0.5.")
-                ratio = 0.5
-            else:
-                self.notes.append(f"lr_scheduler_args warmup_steps={warmup} of {span} steps: lr_warmup_ratio = {ratio:g}.")
-            self.put("lr_warmup_ratio", ratio, a, "lr_scheduler_args")
+            ratio = self._warmup_ratio(f"lr_scheduler_args warmup_steps={warmup}", warmup, span, why, settings)
+            if ratio is not None:
+                self.put("lr_warmup_ratio", ratio, a, "lr_scheduler_args")
         one_cycle = "this tool's rex is one cycle of the whole run, whatever lr_scheduler_number says"
         if cycle is not None and total is None:
             self.notes.append(f"{cycle_key}={cycle} of {name} could not be compared with the run's steps ({why}): {one_cycle}.")

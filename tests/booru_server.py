@@ -428,24 +428,10 @@ class BooruServer:
                 _send(handler, 200, data, ctype)
 
     def _trickle(self, handler, body: bytes, ctype: str) -> None:
-        """All of `body` announced, one byte sent per `trickle_interval`; bounded by `trickle_max_s` and the
-        body's length, then the connection closes (a client that hangs up ends it at once)."""
-        handler.send_response(200)
-        handler.send_header("Content-Type", ctype)
-        handler.send_header("Content-Length", str(len(body)))
-        handler.send_header("Connection", "close")
-        handler.end_headers()
-        handler.close_connection = True
-        end = time.monotonic() + self.trickle_max_s
-        try:
-            for byte in body:
-                handler.wfile.write(bytes([byte]))
-                handler.wfile.flush()
-                if time.monotonic() >= end:
-                    return
-                time.sleep(self.trickle_interval)
-        except OSError:
-            pass  # the client gave up
+        """All of `body` announced, one byte sent per `trickle_interval`, bounded by `trickle_max_s` (http_fixture's trickle)."""
+        from tests.http_fixture import trickle
+
+        trickle(body, self.trickle_interval, self.trickle_max_s, ctype)(handler)
 
 
 def _send(handler: BaseHTTPRequestHandler, status: int, body: bytes, ctype: str, headers: "dict | None" = None, cut_at: "int | None" = None) -> None:

@@ -84,7 +84,9 @@ def trickle(data: bytes, interval: float = 0.2, max_s: float = 8.0, content_type
         handler.send_response(200)
         handler.send_header("Content-Type", content_type)
         handler.send_header("Content-Length", str(len(data)))
+        handler.send_header("Connection", "close")
         handler.end_headers()
+        handler.close_connection = True
         end = time.monotonic() + max_s
         try:
             for byte in data:
@@ -95,6 +97,5 @@ def trickle(data: bytes, interval: float = 0.2, max_s: float = 8.0, content_type
                 time.sleep(interval)
         except OSError:
             pass  # the client hung up: what the tests want
-        handler.close_connection = True
 
     return route
